@@ -1,0 +1,47 @@
+# `make run` and `make test` create .venv on first use (pinned versions from requirements.lock),
+# then do their job. Everything else is a helper for those two.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= conf/local.yaml
+PYTEST_ARGS ?=
+
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test install data bench clean
+
+$(STAMP): requirements.lock setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" wheel "setuptools>=70"
+	# --no-deps: the lock is the complete environment; nothing is resolved here (see its header).
+	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check | grep -v -i "petastorm" || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Real images for the embedded default: Debian's Fashion-MNIST (70,000 labelled photos).
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || \
+		echo "could not install dataset-fashion-mnist; point the config at a copy of the IDX files"; \
+	fi
+
+run: $(STAMP) data
+	$(VENV)/bin/capmix run --config $(CONFIG)
+
+test: $(STAMP) data
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: $(STAMP) data
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) lake report runs

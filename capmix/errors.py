@@ -1,0 +1,24 @@
+"""The errors capmix reports to a user as one line, with the exit code the CLI returns."""
+from __future__ import annotations
+
+
+class CapmixError(Exception):
+    """A failure the user can act on; the CLI prints it as one line, without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(CapmixError):
+    """A bad configuration value, unknown key or missing file, found before any I/O."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config error: {key}: {message}" if key else f"config error: {message}")
+
+
+class InputError(CapmixError):
+    """Bad command-line input or a missing input/table, found before anything is written."""
+
+    exit_code = 2

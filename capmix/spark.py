@@ -1,0 +1,93 @@
+"""The Spark session: reuse the active one (Databricks, notebooks, spark-submit), else build a
+local one sized for the machine. Never stop a session capmix did not create."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import TYPE_CHECKING, Iterator
+
+from capmix.config import SparkConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+# Settings capmix relies on for correctness, set on new and reused sessions alike (all are
+# runtime-modifiable SQL confs): Delta readers expect INT64 microsecond timestamps in UTC, and
+# pandas UDFs exchange Arrow batches.
+REQUIRED_CONF = {
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+}
+
+
+def _local_cores(master: str) -> int:
+    # local[4] -> 4, local[*] / local -> this machine's cores.
+    inside = master[master.find("[") + 1: master.find("]")] if "[" in master else "1"
+    if inside.isdigit():
+        return int(inside)
+    return os.cpu_count() or 1
+
+
+def build_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The full Spark conf for a session capmix creates (pure: tested without a JVM)."""
+    cores = _local_cores(cfg.master) if cfg.master.startswith("local") else 8
+    conf = {
+        "spark.app.name": cfg.app_name,
+        "spark.master": cfg.master,
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions or max(2, 2 * cores)),
+        "spark.default.parallelism": str(max(2, cores)),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
+        "spark.ui.enabled": str(cfg.ui).lower(),
+        "spark.ui.showConsoleProgress": "false",
+        # Python workers stay up between tasks, so a UDF's model cache survives across batches.
+        "spark.python.worker.reuse": "true",
+        # No _SUCCESS markers among the data files capmix commits to Delta itself.
+        "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+        "spark.sql.adaptive.enabled": "true",
+        **REQUIRED_CONF,
+    }
+    conf.update(cfg.conf)
+    return conf
+
+
+def active_session() -> "SparkSession | None":
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
+
+
+def get_or_create(cfg: SparkConfig) -> tuple["SparkSession", bool]:
+    """(session, created): the active session if there is one, else a new local/cluster one."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    created = spark is None
+    if spark is None:
+        # Workers must run this interpreter (the venv), not whatever `python3` is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = SparkSession.builder
+        for key, value in build_conf(cfg).items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
+    else:
+        for key, value in REQUIRED_CONF.items():
+            with contextlib.suppress(Exception):  # a locked-down cluster may refuse; reads still work
+                spark.conf.set(key, value)
+    return spark, created
+
+
+@contextlib.contextmanager
+def session(cfg: SparkConfig) -> Iterator["SparkSession"]:
+    """A session for the duration of a command; stopped only if this call created it."""
+    spark, created = get_or_create(cfg)
+    try:
+        yield spark
+    finally:
+        if created:
+            spark.stop()

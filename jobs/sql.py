@@ -1,0 +1,104 @@
+"""Run Spark SQL over the lake: every table is registered under its name, the result printed.
+
+    capmix sql --lake /tmp/l "SELECT status, count(*) FROM pool GROUP BY status"
+    capmix sql --file sql/examples/score_quantiles.sql --param source=raw
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from capmix.config import Config
+from capmix.errors import InputError
+from capmix.lake import open_lake
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def run(spark: "SparkSession", cfg: Config, query: str,
+        params: Mapping[str, Any] | None = None) -> "DataFrame":
+    """The query's result as a DataFrame, with every lake table visible by name.
+
+    `params` fill named markers (`:percent`) through Spark's parameterized SQL, so values are
+    never pasted into the query text."""
+    open_lake(spark, cfg.lake).register_views()
+    from pyspark.errors import AnalysisException, ParseException
+
+    try:
+        return spark.sql(query, args=dict(params) if params else None)
+    except (AnalysisException, ParseException) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"SQL error: {first}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("query", nargs="?", help="the SQL text (or use --file)")
+    parser.add_argument("--file", metavar="SQL_FILE", help="read the query from a file")
+    parser.add_argument("--param", metavar="NAME=VALUE", action="append", default=[],
+                        help="a named parameter, used in the query as :NAME")
+    parser.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
+    parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {}
+
+
+def check_args(cfg: Config, args: argparse.Namespace) -> None:
+    if bool(args.query) == bool(args.file):
+        raise InputError("give a query, or --file, but not both")
+    if args.file and not Path(args.file).is_file():
+        raise InputError(f"SQL file not found: {args.file}")
+    if args.limit <= 0:
+        raise InputError("--limit must be positive")
+    parse_params(args.param)
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise InputError(f"--param expects NAME=VALUE, got {item!r}")
+        params[name] = yaml.safe_load(value) if value.strip() else ""
+    return params
+
+
+def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> int:
+    query = Path(args.file).read_text(encoding="utf-8") if args.file else args.query
+    df = run(spark, cfg, query, parse_params(args.param))
+    print_frame(df, args.limit, args.format)
+    return 0
+
+
+def print_frame(df: "DataFrame", limit: int, fmt: str = "table") -> None:
+    """Print up to `limit` rows; binary columns show their size, not their bytes."""
+    rows = df.limit(limit + 1).toPandas()
+    more = len(rows) > limit
+    rows = rows.head(limit)
+    for col in rows.columns:
+        if rows[col].map(lambda v: isinstance(v, (bytes, bytearray))).any():
+            rows[col] = rows[col].map(lambda v: f"<{len(v)} bytes>" if v is not None else None)
+    if fmt == "csv":
+        rows.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        rows.to_json(sys.stdout, orient="records", lines=True, default_handler=str)
+    else:
+        print(rows.to_string(index=False, max_colwidth=80) if len(rows) else "(no rows)")
+        if more:
+            print(f"(showing the first {limit} rows)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from capmix.cli import stage_main
+
+    return stage_main("jobs.sql", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

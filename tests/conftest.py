@@ -1,0 +1,43 @@
+"""Shared fixtures: one local SparkSession for the whole test session, lakes under tmp_path."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+# Workers must run this interpreter; no test may reach a model hub.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+TEST_SPARK = {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g",
+              "arrow_batch_rows": 64}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from capmix.config import SparkConfig
+    from capmix.spark import get_or_create
+
+    session, created = get_or_create(SparkConfig(**TEST_SPARK))
+    yield session
+    if created:
+        session.stop()
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """A validated config whose lake is a fresh folder under tmp_path."""
+    from capmix.config import from_dict
+
+    return from_dict({"spark": TEST_SPARK, "lake": {"path": str(tmp_path / "lake")}})
+
+
+@pytest.fixture
+def lake(spark, cfg):
+    from capmix.lake import open_lake
+
+    return open_lake(spark, cfg.lake)

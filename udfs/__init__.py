@@ -1,0 +1,1 @@
+"""pandas UDFs that run models on the executors (captioning, CLIP scoring, text statistics)."""
