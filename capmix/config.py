@@ -95,10 +95,65 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ModelRunConfig:
+    """How a stage runs its model on an executor (shared by caption and score)."""
+
+    # auto: the GPU Spark assigned to the task when there is one, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_size: int = 32
+    # Rows per atomic commit; a killed job re-runs at most one chunk.
+    chunk_rows: int = 5000
+
+    def validate(self, key: str) -> None:
+        _check(self.batch_size > 0, f"{key}.batch_size", "must be positive")
+        _check(self.chunk_rows > 0, f"{key}.chunk_rows", "must be positive")
+
+
+@dataclass(frozen=True)
+class CaptionConfig(ModelRunConfig):
+    # A registry name (capmix/models.py), `hf:<id or folder>` or `open_clip:<arch>/<tag>`.
+    captioner: str = "tiny-coca"
+    samples: int = 1
+    top_k: int = 50
+    temperature: float = 0.75
+    min_length: int = 5
+    max_length: int = 40
+    seed: int = 0
+    # For instruction-following captioners (MLLM-style long captions, as CLIPS uses).
+    prompt: Optional[str] = None
+    # A local folder (or hub id) with the captioner's weights, overriding the registry's.
+    weights: Optional[str] = None
+    batch_size: int = 16
+
+    def validate(self, key: str) -> None:
+        ModelRunConfig.validate(self, key)
+        _check(self.samples > 0, f"{key}.samples", "must be positive")
+        _check(self.top_k > 0, f"{key}.top_k", "must be positive")
+        _check(self.temperature > 0, f"{key}.temperature", "must be positive")
+        _check(self.min_length >= 0, f"{key}.min_length", "must be >= 0")
+        _check(self.max_length >= max(self.min_length, 1), f"{key}.max_length",
+               "must be >= min_length and >= 1")
+
+
+@dataclass(frozen=True)
+class ScoreConfig(ModelRunConfig):
+    # A registry name, or `open_clip:<arch>/<pretrained tag or folder>`.
+    scorer: str = "tiny-clip"
+    weights: Optional[str] = None
+    # Captioners whose captions are scored; empty: every captioner in `captions`.
+    captioners: list[str] = field(default_factory=list)
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     # The file this config was read from (None for built-in defaults); relative input paths in
     # it are taken relative to the working directory, as a shell user would expect.
     source: Optional[str] = None
