@@ -1,7 +1,8 @@
 """`capmix <command>`: one subcommand per stage, each also runnable as `spark-submit jobs/X.py`.
 
 A job module supplies `add_arguments(parser)`, `overrides(args) -> {dotted key: value}` and
-`run_args(spark, cfg, args) -> int`; `stage_main` does the rest in the same order everywhere:
+`run_args(spark, cfg, args) -> int` (a module with `NEEDS_SPARK = False`, such as the torchrun
+trainer, gets `spark=None` and no JVM); `stage_main` does the rest in the same order everywhere:
 parse, load and validate the config (before any I/O), get the session, run. User errors print
 one line and exit 2; nothing is written after a failed validation.
 """
@@ -75,11 +76,14 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None,
         cfg = build_config(args, module)
         if hasattr(module, "check_args"):
             module.check_args(cfg, args)  # argument checks that need no I/O, before the session
-        from capmix.spark import session
-
         started = time.monotonic()
-        with session(cfg.spark) as spark:
-            code = module.run_args(spark, cfg, args)
+        if getattr(module, "NEEDS_SPARK", True):
+            from capmix.spark import session
+
+            with session(cfg.spark) as spark:
+                code = module.run_args(spark, cfg, args)
+        else:
+            code = module.run_args(None, cfg, args)
         log.debug("%s finished in %.1fs", name, time.monotonic() - started)
         return int(code or 0)
     except CapmixError as exc:
