@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Iterator
 
 from capmix.config import SparkConfig
+from capmix.resources import resource_dir
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -49,6 +50,9 @@ def build_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.sql.adaptive.enabled": "true",
         **REQUIRED_CONF,
     }
+    log4j = resource_dir("data") / "log4j2.properties"
+    if log4j.is_file():  # quiet startup; a user's own extraJavaOptions (cfg.conf) still win
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
     conf.update(cfg.conf)
     return conf
 
