@@ -26,12 +26,19 @@ $(STAMP): requirements.lock setup.py
 
 install: $(STAMP)
 
-# Real images for the embedded default: Debian's Fashion-MNIST (70,000 labelled photos).
+# System data from Debian: Fashion-MNIST (70,000 labelled photos, the embedded default's images) and
+# Lingua::EN::Tagger's lexicon (the offline part-of-speech tagger behind the unique-noun counts).
+DEB_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz /usr/share/perl5/Lingua/EN/Tagger/words.yml
+DEB_PKGS := dataset-fashion-mnist liblingua-en-tagger-perl
+
 data:
-	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
-		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-		 (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || \
-		echo "could not install dataset-fashion-mnist; point the config at a copy of the IDX files"; \
+	@missing=0; for f in $(DEB_DATA); do [ -f $$f ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+		if command -v apt-get >/dev/null; then \
+			(apt-get install -y -q $(DEB_PKGS) >/dev/null 2>&1 || \
+			 (apt-get update -q >/dev/null && apt-get install -y -q $(DEB_PKGS) >/dev/null)) || \
+			echo "could not install $(DEB_PKGS); see README (data)"; \
+		else echo "no apt-get: install $(DEB_PKGS) or point the config at copies (README, data)"; fi; \
 	fi
 
 run: $(STAMP) data

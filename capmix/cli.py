@@ -24,7 +24,15 @@ from capmix.errors import CapmixError
 # `capmix --help` and a CPU-only driver stay cheap.
 COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("jobs.ingest", "load webdataset shards, image folders or parquet into `pool`"),
+    "caption": ("jobs.caption", "caption every pool image into `captions` (resumable)"),
+    "score": ("jobs.score", "CLIP-score raw and synthetic captions into `scores` (resumable)"),
     "sql": ("jobs.sql", "run Spark SQL over every lake table and print the result"),
+    "export": ("jobs.export", "a train set -> a Petastorm-readable parquet dataset"),
+    "train": ("training.launch", "train CLIP / CLIPS on an export (torchrun, DDP)"),
+    "eval": ("training.eval_job", "zero-shot classification / retrieval -> `eval_results`"),
+    "cluster": ("jobs.cluster", "k-means image clusters near a reference set -> `clusters`"),
+    "mix": ("jobs.mix", "one mixing strategy (sql/) -> a named set in `train_sets`"),
+    "stats": ("jobs.stats", "caption quality/diversity stats -> `text_stats` + report"),
 }
 
 log = logging.getLogger("capmix")

@@ -102,13 +102,22 @@ class ModelRunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Images (or texts) per model call; a CUDA out-of-memory halves it for that worker.
     batch_size: int = 32
-    # Rows per atomic commit; a killed job re-runs at most one chunk.
+    # Pool rows per atomic commit; a killed job re-runs at most one chunk. On a cluster make a
+    # chunk keep every GPU busy for minutes (e.g. 200k rows), as each chunk is one Spark job.
     chunk_rows: int = 5000
+    # CPU threads per task for torch; None: the executor's cores / its concurrent tasks.
+    threads: Optional[int] = None
+    # Spark partitions per chunk; None: the session's default parallelism (every task slot).
+    partitions: Optional[int] = None
 
     def validate(self, key: str) -> None:
         _check(self.batch_size > 0, f"{key}.batch_size", "must be positive")
         _check(self.chunk_rows > 0, f"{key}.chunk_rows", "must be positive")
+        _check(self.threads is None or self.threads > 0, f"{key}.threads", "must be positive")
+        _check(self.partitions is None or self.partitions > 0, f"{key}.partitions",
+               "must be positive")
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,10 @@ class CaptionConfig(ModelRunConfig):
     # A local folder (or hub id) with the captioner's weights, overriding the registry's.
     weights: Optional[str] = None
     batch_size: int = 16
+    # The `captioner` value written to `captions` (and `CAPTIONER:SAMPLE` in `scores`); None:
+    # the captioner name. Give runs of one model with other sampling settings their own name
+    # (e.g. blip2-t1.0): a run refuses to add to rows made with different settings.
+    name: Optional[str] = None
 
     def validate(self, key: str) -> None:
         ModelRunConfig.validate(self, key)
@@ -135,6 +148,17 @@ class CaptionConfig(ModelRunConfig):
         _check(self.min_length >= 0, f"{key}.min_length", "must be >= 0")
         _check(self.max_length >= max(self.min_length, 1), f"{key}.max_length",
                "must be >= min_length and >= 1")
+        _check(self.name is None or bool(self.name.strip()), f"{key}.name", "must not be empty")
+        from capmix.models import resolve
+
+        spec = resolve(self.captioner, "captioner", self.weights, f"{key}.captioner")
+        _check(not (self.prompt and spec.type == "open_clip_coca"), f"{key}.prompt",
+               "CoCa captioners take no prompt")
+
+    @property
+    def label(self) -> str:
+        """The `captioner` column value of this run's rows."""
+        return self.name or self.captioner
 
 
 @dataclass(frozen=True)
@@ -145,6 +169,214 @@ class ScoreConfig(ModelRunConfig):
     # Captioners whose captions are scored; empty: every captioner in `captions`.
     captioners: list[str] = field(default_factory=list)
     batch_size: int = 64
+    # Score the pool's raw captions too (source 'raw').
+    raw: bool = True
+
+    def validate(self, key: str) -> None:
+        ModelRunConfig.validate(self, key)
+        from capmix.models import resolve
+
+        resolve(self.scorer, "scorer", self.weights, f"{key}.scorer")
+        for i, name in enumerate(self.captioners):
+            _check(bool(name.strip()), f"{key}.captioners[{i}]", "must not be empty")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`capmix export`: a train set -> a Petastorm-readable parquet dataset."""
+
+    # Parquet row-group target: the unit Petastorm reads, shuffles and shards by (petastorm's own
+    # Spark converter uses 32 MB). Smaller groups shuffle better and need less loader memory.
+    row_group_mb: float = 32.0
+    # Output files = max(ceil(rows / rows_per_file), min_files); each rank reads whole row groups,
+    # so a dataset needs at least as many row groups as ranks (min_files guarantees that).
+    rows_per_file: int = 20_000
+    min_files: int = 8
+    # Add the raw and the full synthetic caption (CLIPS), one row per image.
+    clips: bool = False
+    # The synthetic caption CLIPS decodes: "CAPTIONER" or "CAPTIONER:SAMPLE"; None: the row's own
+    # source when it names a caption, else the only captioner in `captions`.
+    captioner: Optional[str] = None
+    compression: Literal["snappy", "zstd", "none"] = "snappy"
+
+    def validate(self, key: str) -> None:
+        _check(self.row_group_mb > 0, f"{key}.row_group_mb", "must be positive")
+        _check(self.rows_per_file > 0, f"{key}.rows_per_file", "must be positive")
+        _check(self.min_files > 0, f"{key}.min_files", "must be positive")
+        _check(self.captioner is None or bool(self.captioner.strip()), f"{key}.captioner",
+               "must not be empty")
+
+
+@dataclass(frozen=True)
+class ClipsConfig:
+    """CLIPS (clips-notes.md): fragment of the synthetic caption + captioning decoder."""
+
+    fragment: Literal["sub-caption", "block", "truncation", "random"] = "sub-caption"
+    # Tokens the text encoder sees of the synthetic caption (the notes' ablation peaks at 32).
+    fragment_tokens: int = 32
+    # Learnable queries = predicted tokens of the full synthetic caption (128 in CLIPS).
+    decoder_length: int = 128
+    # [OV] B-size decoder: width 512, 12 layers, 8 heads, MLP 2048.
+    decoder_width: int = 512
+    decoder_layers: int = 12
+    decoder_heads: int = 8
+    decoder_mlp_ratio: float = 4.0
+    contrastive_weight: float = 1.0
+    caption_weight: float = 2.0
+
+    def validate(self, key: str) -> None:
+        _check(self.fragment_tokens > 0, f"{key}.fragment_tokens", "must be positive")
+        _check(self.decoder_length >= 2, f"{key}.decoder_length", "must be >= 2")
+        _check(self.decoder_width > 0 and self.decoder_layers > 0 and self.decoder_heads > 0,
+               f"{key}.decoder_width", "decoder width, layers and heads must be positive")
+        _check(self.decoder_width % self.decoder_heads == 0, f"{key}.decoder_heads",
+               "must divide decoder_width")
+        _check(self.decoder_mlp_ratio > 0, f"{key}.decoder_mlp_ratio", "must be positive")
+        _check(self.contrastive_weight >= 0 and self.caption_weight >= 0,
+               f"{key}.caption_weight", "loss weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`capmix train` / `torchrun -m training.train`. Defaults are DataComp's (paper, App. B)."""
+
+    # An open_clip architecture, or a registry name (tiny-clip).
+    model: str = "ViT-B-32"
+    objective: Literal["clip", "clips"] = "clip"
+    # Budget in samples seen; None: the candidate pool's size recorded by the export (a pool of
+    # N samples trains for N samples seen).
+    samples: Optional[int] = None
+    batch_size: int = 4096  # global, across all ranks
+    lr: float = 5e-4
+    warmup: int = 500  # steps
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.2
+    grad_clip: Optional[float] = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on GPUs, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Petastorm reader workers per rank (decode + augment + tokenize run there).
+    workers: int = 4
+    reader_pool: Literal["thread", "process"] = "thread"
+    # Rows in each rank's shuffling buffer (on top of row-group and in-row-group shuffling).
+    shuffle_buffer: int = 1024
+    checkpoint_every: int = 1000  # steps
+    keep_checkpoints: int = 2
+    log_every: int = 10  # steps
+    seed: int = 0
+    run_name: Optional[str] = None  # None: the output folder's name
+    # MLflow tracking (optional dependency): a tracking URI, or None to use $MLFLOW_TRACKING_URI.
+    mlflow_uri: Optional[str] = None
+    mlflow_experiment: str = "capmix"
+    clips: ClipsConfig = field(default_factory=ClipsConfig)
+
+    def validate(self, key: str) -> None:
+        _check(bool(self.model.strip()), f"{key}.model", "must not be empty")
+        _check(self.samples is None or self.samples > 0, f"{key}.samples", "must be positive")
+        _check(self.batch_size > 0, f"{key}.batch_size", "must be positive")
+        _check(self.lr > 0, f"{key}.lr", "must be positive")
+        _check(self.warmup >= 0, f"{key}.warmup", "must be >= 0")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"{key}.beta2",
+               "betas must be in [0, 1)")
+        _check(self.eps > 0, f"{key}.eps", "must be positive")
+        _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"{key}.grad_clip",
+               "must be positive")
+        _check(self.workers > 0, f"{key}.workers", "must be positive")
+        _check(self.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "must be >= 0")
+        _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be positive")
+        _check(self.keep_checkpoints > 0, f"{key}.keep_checkpoints", "must be positive")
+        _check(self.log_every > 0, f"{key}.log_every", "must be positive")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`capmix eval`: zero-shot classification and retrieval of a trained checkpoint."""
+
+    batch_size: int = 256
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Prompt templates: openai (open_clip's 80 ImageNet templates), simple, a file with one
+    # template per line ("a photo of a {c}."), or one literal template containing {c} or {}.
+    templates: str = "openai"
+    # Class names: imagenet, fashion-mnist, a file (one per line), a comma-separated list, or
+    # None: the sorted distinct labels (or an image folder's sub-folder names).
+    classnames: Optional[str] = None
+    image_column: str = "image"
+    label_column: str = "label"
+    text_column: str = "text"
+    # Rows evaluated at most (None: all).
+    limit: Optional[int] = None
+
+    def validate(self, key: str) -> None:
+        _check(self.batch_size > 0, f"{key}.batch_size", "must be positive")
+        _check(bool(self.templates.strip()), f"{key}.templates", "must not be empty")
+        _check(self.limit is None or self.limit > 0, f"{key}.limit", "must be positive")
+
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """`capmix mix`: one strategy of sql/ -> one named train set."""
+
+    # Top x% by cosine similarity (ignored by the unfiltered strategies `raw` and `synthetic`).
+    percent: float = 30.0
+    # The synthetic captions: sample 0 of this captioner; None: caption.captioner.
+    captioner: Optional[str] = None
+    # best_synthetic: the captioners (e.g. one per temperature) it picks from; empty: [captioner].
+    captioners: list[str] = field(default_factory=list)
+    # The scores used (one scorer per mix); None: score.scorer.
+    scorer: Optional[str] = None
+    intersect_clusters: bool = False
+
+    def validate(self, key: str) -> None:
+        _check(0 < self.percent <= 100, f"{key}.percent", "must be in (0, 100]")
+        for name in ([self.captioner] if self.captioner is not None else []) + self.captioners:
+            _check(bool(name.strip()) and "," not in name, f"{key}.captioner",
+                   f"{name!r} is not a captioner name")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`capmix cluster`: DataComp's image-based filter (k-means + nearest reference centroid)."""
+
+    k: int = 100
+    seed: int = 0
+    max_iter: int = 20
+    # The reference set (exactly one): a folder of images, or a table (a lake table name, else a
+    # Spark/catalog table) with an `embedding` column or an `image` column.
+    reference_images: Optional[str] = None
+    reference_table: Optional[str] = None
+    # Embeddings clustered; None: score.scorer.
+    scorer: Optional[str] = None
+
+    def validate(self, key: str) -> None:
+        _check(self.k >= 2, f"{key}.k", "must be >= 2")
+        _check(self.max_iter > 0, f"{key}.max_iter", "must be positive")
+        _check(not (self.reference_images and self.reference_table), f"{key}.reference_table",
+               "give reference_images or reference_table, not both")
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """`capmix stats`: caption quality and diversity per caption set, and the report."""
+
+    # Random subset sizes for the scaling curves (paper, Figure 12); the whole set is always a point.
+    subset_sizes: list[int] = field(default_factory=lambda: [1_000, 10_000, 100_000, 1_000_000])
+    seed: int = 0
+    # Part-of-speech tagger for unique nouns. auto: nltk's averaged perceptron when its data is
+    # installed, else the HMM over Lingua::EN::Tagger's lexicon (Debian liblingua-en-tagger-perl).
+    tagger: Literal["auto", "nltk", "lingua-hmm"] = "auto"
+    # Where the Lingua::EN::Tagger lexicon lives (words.yml, tags.yml, unknown.yml).
+    lingua_lexicon: str = "/usr/share/perl5/Lingua/EN/Tagger"
+    # Caption sets to measure; empty: raw, every captioner and every train set.
+    datasets: list[str] = field(default_factory=list)
+    report_dir: str = "report"
+
+    def validate(self, key: str) -> None:
+        _check(all(n > 0 for n in self.subset_sizes), f"{key}.subset_sizes",
+               "must be positive integers")
 
 
 @dataclass(frozen=True)
@@ -154,6 +386,12 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # The file this config was read from (None for built-in defaults); relative input paths in
     # it are taken relative to the working directory, as a shell user would expect.
     source: Optional[str] = None

@@ -49,11 +49,14 @@ CAPTIONS = TableSpec(
     "temperature DOUBLE, top_k INT, min_length INT, max_length INT, seed BIGINT, "
     "created_at TIMESTAMP")
 
+# source: 'raw' or 'CAPTIONER:SAMPLE' (split at the last ':'); similarity: cosine of the
+# normalised image and text embeddings; clip_s: CLIP-S = 2.5 * max(similarity, 0), stored.
 SCORES = TableSpec(
     "scores", ("uid", "source", "scorer"),
-    "uid STRING, source STRING, scorer STRING, text STRING, similarity DOUBLE, "
+    "uid STRING, source STRING, scorer STRING, text STRING, similarity DOUBLE, clip_s DOUBLE, "
     "created_at TIMESTAMP")
 
+# embedding: L2-normalised (unit length) float32, so a cosine is a dot product.
 IMAGE_EMBEDDINGS = TableSpec(
     "image_embeddings", ("uid", "scorer"),
     "uid STRING, scorer STRING, embedding ARRAY<FLOAT>, created_at TIMESTAMP")
@@ -77,10 +80,12 @@ TEXT_STATS = TableSpec(
     "dataset STRING, metric STRING, subset_size BIGINT, value DOUBLE, tagger STRING, "
     "created_at TIMESTAMP")
 
+# One row per (run, task, dataset, metric): task is classification / retrieval / a clip_benchmark
+# task; dataset names the evaluation set; step and samples_seen say which checkpoint was scored.
 EVAL_RESULTS = TableSpec(
-    "eval_results", ("run", "task", "metric"),
-    "run STRING, task STRING, metric STRING, value DOUBLE, checkpoint STRING, data STRING, "
-    "created_at TIMESTAMP")
+    "eval_results", ("run", "task", "dataset", "metric"),
+    "run STRING, task STRING, dataset STRING, metric STRING, value DOUBLE, checkpoint STRING, "
+    "step BIGINT, samples_seen BIGINT, data STRING, created_at TIMESTAMP")
 
 SPECS: dict[str, TableSpec] = {s.name: s for s in (
     POOL, CAPTIONS, SCORES, IMAGE_EMBEDDINGS, CLUSTERS, MIX_RUNS, TRAIN_SETS, TEXT_STATS,

@@ -1,0 +1,230 @@
+"""Load webdataset shards, image folders or parquet files into the `pool` table.
+
+    capmix ingest --lake /tmp/l shards/{00000..00009}.tar
+    capmix ingest --lake /tmp/l --format folder photos/      # images + captions.jsonl/csv
+    spark-submit jobs/ingest.py --lake /tmp/l data/*.parquet
+
+The driver lists the inputs as sorted work units (a shard; `rows_per_unit` entries of a folder;
+row groups of a parquet file) and hands each unit to one Spark task, which streams it and
+builds pool rows (`capmix.samples`; its docstring states the uid rule). Units are committed
+`units_per_commit` at a time, each group ONE insert-missing merge by uid, so a crash leaves
+whole groups committed. A re-run skips every unit whose `source` is already in the pool and the
+uid merge makes the rest exactly-once: re-ingesting the same inputs adds nothing, and a killed
+run followed by a re-run ends with the same rows as an uninterrupted one.
+
+When several samples share a uid, the row already in the pool stays; among new ones the row
+from the first unit (units sort by path) is kept, within a unit an 'ok' row before an error row,
+then the smallest key. Commits follow unit order, so this does not depend on how units were
+grouped, or on whether the run was interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from capmix.config import Config
+from capmix.errors import InputError
+from capmix.inputs import FORMATS, Unit, detect_format, expand_inputs, plan_units
+from capmix.lake import open_lake
+from capmix.progress import Progress
+from capmix.tables import POOL
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("capmix")
+
+NOUNS = {"webdataset": ("shard", "shards"), "folder": ("folder slice", "folder slices"),
+         "parquet": ("parquet part", "parquet parts")}
+# Rows of one uid rank by unit (source) first, as commits do, so the row kept does not depend on
+# the grouping; within a unit 'ok' first (a webdataset key that reappears), then the rest.
+_RANK = ("key", "sha256", "text", "url", "error", "warnings", "meta")
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    units: int          # work units in the inputs
+    skipped: int        # units already in the pool from an earlier run
+    ok: int             # rows read with status 'ok'
+    error: int          # rows read with status 'error'
+    inserted: int       # rows added to the pool
+    unsafe: int         # tar members ignored because their name leaves the shard's folder
+    seconds: float
+    noun: tuple[str, str] = ("unit", "units")
+
+    @property
+    def already_present(self) -> int:
+        """Rows read whose uid was in the pool already (or repeated in the inputs)."""
+        return max(0, self.ok + self.error - self.inserted)
+
+    def line(self) -> str:
+        units = _plural(self.units, *self.noun)
+        if self.skipped:
+            units += f" ({self.skipped:,} done before, skipped)"
+        return (f"ingest: {units}, {self.ok:,} rows ok, {self.error:,} rows in error, "
+                f"{_plural(self.unsafe, 'unsafe member', 'unsafe members')} ignored, "
+                f"{self.already_present:,} already present ({_duration(self.seconds)})")
+
+
+def _duration(seconds: float) -> str:
+    from capmix.progress import _duration as fmt
+
+    return fmt(seconds)
+
+
+# -- transforms ---------------------------------------------------------------------------------
+def pool_rows(spark: "SparkSession", units: Sequence[Unit], cfg: Config,
+              accumulator=None) -> "DataFrame":
+    """The pool rows of `units` (one Spark task per unit), one row per uid."""
+    from pyspark.sql import functions as F
+
+    from capmix.samples import ROW_COLUMNS, RowSettings, rows_in_arrow
+
+    settings = RowSettings(cfg.ingest.max_caption_chars, cfg.ingest.max_image_pixels)
+    payload = [(u.to_json(),) for u in units]
+    try:
+        sc = spark.sparkContext
+        frame = spark.createDataFrame(sc.parallelize(payload, len(payload)), "unit string")
+    except Exception:  # Spark Connect has no SparkContext: spread units by round robin
+        frame = spark.createDataFrame(payload, "unit string").repartition(len(payload))
+    schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in POOL.schema().fields
+                       if f.name in ROW_COLUMNS)
+    rows = frame.mapInArrow(partial(rows_in_arrow, settings=settings, accumulator=accumulator),
+                            schema)
+    rows = rows.withColumn("ingested_at", F.lit(datetime.now(timezone.utc)))
+    return first_per_uid(POOL.conform(rows))
+
+
+def first_per_uid(rows: "DataFrame") -> "DataFrame":
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = [F.col("source").asc_nulls_last(), F.when(F.col("status") == "ok", 0).otherwise(1)] \
+        + [F.col(c).asc_nulls_last() for c in _RANK]
+    window = Window.partitionBy("uid").orderBy(*order)
+    return (rows.withColumn("__rank", F.row_number().over(window))
+            .where("__rank = 1").drop("__rank"))
+
+
+# -- the job ------------------------------------------------------------------------------------
+def committed_sources(lake, ids: Sequence[str]) -> set[str]:
+    """Unit ids that already have rows in the pool (a unit is committed whole or not at all)."""
+    if not lake.exists("pool"):
+        return set()
+    from pyspark.sql import functions as F
+
+    sources = lake.read("pool").select("source")
+    if len(ids) <= 10_000:  # a filter Spark pushes into the parquet scan
+        sources = sources.where(F.col("source").isin(list(ids)))
+    return {r[0] for r in sources.distinct().collect()} & set(ids)
+
+
+def run(spark: "SparkSession", cfg: Config, inputs: Optional[Sequence[str]] = None,
+        format: Optional[str] = None, units_per_commit: Optional[int] = None) -> IngestSummary:
+    """Ingest `inputs` (default: `ingest.inputs`) into the pool; returns the summary."""
+    started = time.monotonic()
+    ic = cfg.ingest
+    inputs = list(inputs if inputs is not None else ic.inputs)
+    if not inputs:
+        raise InputError("no inputs: give webdataset shards, image folders or parquet files")
+    units, notes = plan_units(inputs, format or ic.format, ic.rows_per_unit, ic.image_column,
+                              ic.text_column)
+    if not units:
+        raise InputError(f"no shards, images or parquet rows in: {', '.join(inputs)}")
+    for note in notes:
+        log.warning(note)
+    kinds = {u.format for u in units}
+    noun = NOUNS[kinds.pop()] if len(kinds) == 1 else ("unit", "units")
+    lake = open_lake(spark, cfg.lake)
+    done = committed_sources(lake, [u.id for u in units])
+    todo = [u for u in units if u.id not in done]
+    per = units_per_commit or ic.units_per_commit or max(1, spark.sparkContext.defaultParallelism)
+    if done:
+        log.info("ingest: %s of %s already in the pool, skipped", f"{len(done):,}",
+                 _plural(len(units), *noun))
+
+    from capmix.samples import stats_accumulator
+
+    acc = stats_accumulator(spark.sparkContext)
+    progress = Progress("ingest", len(units), noun[1], every_s=0, already=len(done))
+    inserted, seen = 0, {}
+    for i in range(0, len(todo), per):
+        group = todo[i: i + per]
+        inserted += lake.merge("pool", pool_rows(spark, group, cfg, acc), ["uid"],
+                               order_by=["source"])
+        seen = _report_group(progress, group, acc.value, seen, started)
+    stats = acc.value
+    return IngestSummary(len(units), len(done), stats.get("ok", 0), stats.get("error", 0),
+                         inserted, stats.get("unsafe", 0), time.monotonic() - started, noun)
+
+
+def _report_group(progress: Progress, group: Sequence[Unit], stats: dict, seen: dict,
+                  started: float) -> dict:
+    for name in stats.get("unsafe_names", [])[len(seen.get("unsafe_names", [])):]:
+        log.warning("ingest: ignored unsafe tar member (name leaves its folder): %s", name)
+    rows = stats.get("ok", 0) + stats.get("error", 0)
+    rate = rows / max(time.monotonic() - started, 1e-9)
+    progress.advance(len(group), f"- {stats.get('ok', 0):,} rows ok, "
+                                 f"{stats.get('error', 0):,} in error, {rate:,.1f} rows/s",
+                     force=True)
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in stats.items()}
+
+
+# -- command line -------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="shards (.tar), image folders, parquet files, globs or brace "
+                             "ranges like 'shards/{00000..00009}.tar' (default: ingest.inputs)")
+    parser.add_argument("--format", choices=["auto", *FORMATS],
+                        help="input format (default auto: by file extension / folder contents)")
+    parser.add_argument("--units-per-commit", type=int, metavar="N",
+                        help="work units per atomic commit (default: Spark's parallelism)")
+    parser.add_argument("--rows-per-unit", type=int, metavar="N",
+                        help="rows per work unit of a folder or parquet file (default 2000)")
+    parser.add_argument("--max-caption-chars", type=int, metavar="N")
+    parser.add_argument("--max-image-pixels", type=int, metavar="N")
+    parser.add_argument("--image-column", metavar="COL", help="parquet inputs: image column")
+    parser.add_argument("--text-column", metavar="COL", help="parquet inputs: caption column")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"ingest.inputs": list(args.inputs) or None, "ingest.format": args.format,
+            "ingest.units_per_commit": args.units_per_commit,
+            "ingest.rows_per_unit": args.rows_per_unit,
+            "ingest.max_caption_chars": args.max_caption_chars,
+            "ingest.max_image_pixels": args.max_image_pixels,
+            "ingest.image_column": args.image_column, "ingest.text_column": args.text_column}
+
+
+def check_args(cfg: Config, args: argparse.Namespace) -> None:
+    """Missing inputs and unknown formats fail here, before Spark starts (a stat per path)."""
+    if not cfg.ingest.inputs:
+        raise InputError("no inputs: give webdataset shards, image folders or parquet files")
+    for path in expand_inputs(cfg.ingest.inputs):
+        detect_format(path, cfg.ingest.format)
+
+
+def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> int:
+    summary = run(spark, cfg)
+    print(summary.line(), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from capmix.cli import stage_main
+
+    return stage_main("jobs.ingest", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
