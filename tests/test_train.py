@@ -1,0 +1,162 @@
+"""The trainer for real: torchrun with 2 CPU ranks (gloo), tiny-clip, a learnable toy set."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from toy_data import toy_rows, write_parquet
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET = ["--set", "train.log_every=1", "--set", "train.warmup=3", "--set", "train.workers=2"]
+TINY_DECODER = ["--set", "train.clips.decoder_length=12", "--set", "train.clips.decoder_width=32",
+                "--set", "train.clips.decoder_layers=1", "--set", "train.clips.decoder_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def toy_export(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    rows = toy_rows(16, seed=5)  # 96 images, 6 colours
+    write_parquet(root / "clips", rows, files=4, clips=True, pool_rows=64)
+    write_parquet(root / "plain", rows, files=2)
+    return root
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2", "-m", "training.train", *args]
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every rank, mid-step, as a crashed node would be (the ranks
+    run in their own sessions, so a process-group kill would miss them)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(family, timeout=30)
+
+
+def read_log(out: Path) -> list[dict]:
+    records = []
+    for line in (out / "log.jsonl").read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the line a kill cut short
+            pass
+    return records
+
+
+def test_ddp_training_learns_and_resumes_where_it_was_killed(toy_export, tmp_path):
+    from capmix.cli import main
+    from training import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    args = ["--data", str(toy_export / "clips"), "--out", str(out), "--model", "tiny-clip",
+            "--batch-size", "32", "--samples", str(32 * 20), "--checkpoint-every", "4", *QUIET,
+            "--set", "train.keep_checkpoints=2"]
+    logfile = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(torchrun(*args), cwd=REPO, env=env(), stdout=logfile,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    try:
+        while not ckpt.checkpoint_path(out, 8).exists():
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint at step 8"
+            time.sleep(0.05)
+    finally:
+        kill_tree(proc)
+    killed_at = ckpt.list_checkpoints(out)[-1][0]
+    assert 8 <= killed_at < 20
+
+    # Resume through `capmix train`, the wrapper that launches torchrun.
+    assert main(["train", *args, "--nproc", "2", "--resume"]) == 0
+    log = read_log(out)
+    start = [r for r in log if r["event"] == "start"][-1]
+    assert start["start_step"] == killed_at and start["samples_seen"] == killed_at * 32
+    assert start["resumed_from"].endswith(f"step_{killed_at:08d}.pt")
+    resumed = [r["step"] for r in log[log.index(start):] if r["event"] == "step"]
+    assert resumed == list(range(killed_at + 1, 21))
+    final = ckpt.load(ckpt.latest(out))
+    assert final["step"] == 20 and final["samples_seen"] == 640 and final["world_size"] == 2
+    assert final["config"]["batch_size"] == 32 and final["arch"] == "capmix-tiny-clip"
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [16, 20]  # keep_checkpoints=2
+
+    loss = {r["step"]: r["loss"] for r in log if r["event"] == "step"}
+    first = sum(loss[s] for s in (1, 2, 3)) / 3
+    last = sum(loss[s] for s in (18, 19, 20)) / 3
+    assert last < 0.75 * first, (first, last)
+
+
+def test_clips_mode_trains_contrastive_and_captioning(toy_export, tmp_path):
+    from training import checkpoint as ckpt
+
+    out = tmp_path / "clips"
+    # No --samples: the budget is the pool size the export recorded (64 -> 4 steps of 16).
+    args = ["--data", str(toy_export / "clips"), "--out", str(out), "--model", "tiny-clip",
+            "--objective", "clips", "--batch-size", "16", "--fragment", "block",
+            "--fragment-tokens", "6", *QUIET, *TINY_DECODER]
+    done = subprocess.run(torchrun(*args), cwd=REPO, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [r for r in read_log(out) if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:  # loss = 1 x contrastive + 2 x captioning, averaged over the ranks
+        assert r["loss"] == pytest.approx(r["loss_contrastive"] + 2 * r["loss_caption"],
+                                          rel=1e-4)
+        assert 0 < r["loss_caption"] < 20 and 0 < r["loss_contrastive"] < 10
+    state = ckpt.load(ckpt.latest(out))
+    assert state["samples_seen"] == 64 and state["config"]["objective"] == "clips"
+    assert state["decoder"]["queries"].shape == (12, 32)
+
+
+def test_training_input_errors_are_one_line(toy_export, tmp_path, capsys):
+    from training.train import main
+
+    code = main(["--data", str(toy_export / "plain"), "--out", str(tmp_path / "x"),
+                 "--model", "tiny-clip", "--objective", "clips"])
+    assert code == 2
+    assert "missing column(s) synthetic_text (export it with --clips)" in \
+        capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "dataset not found" in capsys.readouterr().err
+
+
+def test_capmix_train_builds_the_torchrun_command(toy_export):
+    from capmix.cli import common_parser
+    from capmix.config import load_config
+    from training import launch
+
+    parser = common_parser("capmix train", "")
+    launch.add_arguments(parser)
+    args = parser.parse_args(["--data", str(toy_export / "plain"), "--out", "o", "--nproc", "4",
+                              "--model", "tiny-clip", "--lr", "0.001", "--set",
+                              "train.clips.fragment=random", "--resume"])
+    cfg = load_config(None, launch.settings(args))
+    cmd = launch.torchrun_command(cfg, args)
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "4", "--standalone"]
+    assert cmd[6:8] == ["-m", "training.train"] and cmd[-1] == "--resume"
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert {"train.model=tiny-clip", "train.lr=0.001", "train.clips.fragment=random"} <= set(sets)
+    from capmix.errors import InputError
+
+    with pytest.raises(InputError, match="row group"):  # 2 row groups for 4 ranks
+        launch.check_args(cfg, args)

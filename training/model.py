@@ -1,0 +1,127 @@
+"""The trained network: an open_clip model (any architecture) plus, for CLIPS, the caption
+decoder, wrapped in one module so DDP sees every parameter in a single forward call.
+
+Images arrive as uint8 [B, 3, H, W] from the loader and are normalised here, on the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import torch
+
+    from capmix.config import TrainConfig
+
+
+def resolve_arch(name: str) -> str:
+    """A registry name (`tiny-clip`, `vit-b-32`), `open_clip:ARCH[/weights]` or an open_clip
+    architecture (`ViT-B-32`) -> the open_clip architecture. Training starts from random
+    weights (DataComp's setup), so a registry entry's pretrained tag is not used."""
+    text = name.strip()
+    if text.startswith("open_clip:"):
+        return text[len("open_clip:"):].partition("/")[0]
+    try:
+        from capmix.models import registry
+
+        entry = registry().get("scorers", {}).get(text)
+    except ImportError:  # registry not available: capmix's own tiny config only
+        entry = {"arch": "capmix-tiny-clip"} if text == "tiny-clip" else None
+    return entry["arch"] if entry else text
+
+
+def check_arch(arch: str) -> None:
+    from capmix.errors import InputError
+    from capmix.models import register_model_configs
+
+    register_model_configs()
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise InputError(f"unknown model architecture {arch!r}: use a registry name "
+                         "(tiny-clip) or an open_clip architecture (e.g. ViT-B-32)")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def preprocess_of(model) -> Preprocess:
+    import open_clip
+
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg["size"]
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return Preprocess(int(size), tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+def normalize(images: "torch.Tensor", pre: Preprocess) -> "torch.Tensor":
+    """uint8 [B, 3, H, W] -> float, scaled and standardised like open_clip's transforms."""
+    import torch
+
+    mean = torch.tensor(pre.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def build(cfg: "TrainConfig", vocab_size: Optional[int] = None):
+    """(clip model, decoder or None, Preprocess, context length) for a training config."""
+    from capmix.models import create_open_clip
+
+    arch = resolve_arch(cfg.model)
+    check_arch(arch)
+    clip = create_open_clip(arch, pretrained=None)[0]
+    pre = preprocess_of(clip)
+    context = int(getattr(clip, "context_length", 0) or clip.text.context_length)
+    decoder = None
+    if cfg.objective == "clips":
+        from training.clips import build_decoder
+
+        image_width = clip.visual.transformer.width
+        text_width = _text_width(clip)
+        vocab = vocab_size or int(getattr(clip, "vocab_size", 0) or clip.text.vocab_size)
+        decoder = build_decoder(image_width, text_width, vocab, cfg.clips)
+    return clip, decoder, pre, context
+
+
+def _text_width(clip) -> int:
+    transformer = getattr(clip, "transformer", None) or clip.text.transformer
+    return int(transformer.width)
+
+
+def train_module(clip, decoder, pre: Preprocess) -> "torch.nn.Module":
+    """One nn.Module whose forward returns everything the losses need."""
+    from torch import nn
+
+    class Trainable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = clip
+            self.decoder = decoder
+
+        def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+            images = normalize(batch["image"], pre)
+            scale = self.clip.logit_scale.exp()
+            if self.decoder is None:
+                return {"image": self.clip.encode_image(images, normalize=True),
+                        "text": self.clip.encode_text(batch["text"], normalize=True),
+                        "logit_scale": scale}
+            import torch
+
+            # Patch tokens of the last block without the class token, before the final LN
+            # (clips-notes.md section 2); raw and fragment texts share one text-tower pass.
+            img = self.clip.forward_intermediates(
+                image=images, image_indices=1, image_output_fmt="NLC", normalize=True)
+            n = batch["raw"].shape[0]
+            txt = self.clip.forward_intermediates(
+                text=torch.cat([batch["raw"], batch["fragment"]]), text_indices=1,
+                normalize=True)
+            raw_states = txt["text_intermediates"][-1][:n]
+            return {"image": img["image_features"], "raw": txt["text_features"][:n],
+                    "fragment": txt["text_features"][n:], "logit_scale": scale,
+                    "logits": self.decoder(img["image_intermediates"][-1], raw_states)}
+
+    return Trainable()
