@@ -1,0 +1,73 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Cluster: DataComp's image-based filter -> `clusters`
+# MAGIC
+# MAGIC k-means (Spark MLlib) over the normalised image embeddings of one scorer; the clusters that
+# MAGIC are the nearest centroid of at least one reference image are kept (ImageNet-1k train images
+# MAGIC in the paper). Apply it to any mix with `intersect_clusters`. The same `jobs.cluster.run`
+# MAGIC serves `capmix cluster` and `spark-submit jobs/cluster.py`.
+
+# COMMAND ----------
+
+DEFAULTS = {
+    "k": "100",
+    "seed": "0",
+    "reference_images": "",    # a folder of images (embedded with the scorer), or
+    "reference_table": "",     # a table with an `embedding` or an `image` column
+    "scorer": "",              # empty: cluster.scorer, else score.scorer
+    "lake": "",
+    "config": "",
+}
+
+
+def widget_values(defaults: dict) -> dict:
+    """Widget values on Databricks; the defaults when run as a plain Python file."""
+    try:
+        for name, value in defaults.items():
+            dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
+        return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
+    except NameError:
+        return dict(defaults)
+
+
+params = widget_values(DEFAULTS)
+
+# COMMAND ----------
+
+import os  # noqa: E402
+
+from capmix.config import load_config  # noqa: E402
+from capmix.resources import resource_dir  # noqa: E402
+from capmix.spark import get_or_create  # noqa: E402
+from jobs.cluster import run  # noqa: E402
+
+config = params["config"] or None
+if config is None and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+    config = str(resource_dir("conf") / "databricks.yaml")
+cfg = load_config(config, {
+    "lake.path": params["lake"] or None, "cluster.k": int(params["k"]),
+    "cluster.seed": int(params["seed"]),
+    "cluster.reference_images": params["reference_images"] or None,
+    "cluster.reference_table": params["reference_table"] or None,
+    "cluster.scorer": params["scorer"] or None})
+spark, _ = get_or_create(cfg.spark)
+
+# COMMAND ----------
+
+if cfg.cluster.reference_images or cfg.cluster.reference_table:
+    print(run(spark, cfg))
+else:
+    print("set the `reference_images` or `reference_table` widget to cluster")
+
+# COMMAND ----------
+
+# MAGIC %md Images per cluster, kept clusters first.
+
+# COMMAND ----------
+
+from capmix.lake import open_lake  # noqa: E402
+
+lake = open_lake(spark, cfg.lake)
+if lake.exists("clusters"):
+    lake.read("clusters").groupBy("cluster", "keep").count() \
+        .orderBy("keep", "count", ascending=False).show(20)

@@ -1,0 +1,63 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Zero-shot evaluation of a checkpoint
+# MAGIC
+# MAGIC Classification (top-1 / top-5 from class names x prompt templates) or retrieval
+# MAGIC (Recall@1/5/10 both ways, and their mean R@1) on an export, a parquet dataset, an image
+# MAGIC folder or a lake table (`table:NAME`); results are upserted into `eval_results`.
+# MAGIC `task` = datacomp runs DataComp's 38 tasks through clip_benchmark (installed separately).
+
+# COMMAND ----------
+
+DEFAULTS = {
+    "checkpoint": "runs/raw_top_plus_synthetic_filtered_30",  # a folder, a .pt, random:ARCH
+    "task": "classification",  # classification | retrieval | datacomp
+    "data": "",                # export / parquet / image folder / table:NAME
+    "classnames": "",          # imagenet, fashion-mnist, a file, a,b,c; empty: the labels
+    "templates": "",           # openai, simple, a file, 'a photo of a {}.'; empty: openai
+    "dataset": "",             # the name recorded in eval_results; empty: from data
+    "lake": "",
+    "config": "",
+}
+
+
+def widget_values(defaults: dict) -> dict:
+    """Widget values on Databricks; the defaults when run as a plain Python file."""
+    try:
+        for name, value in defaults.items():
+            dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
+        return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
+    except NameError:
+        return dict(defaults)
+
+
+params = widget_values(DEFAULTS)
+
+# COMMAND ----------
+
+import os  # noqa: E402
+
+from capmix.config import load_config  # noqa: E402
+from capmix.resources import resource_dir  # noqa: E402
+from capmix.spark import get_or_create  # noqa: E402
+from training.eval_job import run  # noqa: E402
+
+config = params["config"] or None
+if config is None and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+    config = str(resource_dir("conf") / "databricks.yaml")
+cfg = load_config(config, {"lake.path": params["lake"] or None,
+                           "eval.classnames": params["classnames"] or None,
+                           "eval.templates": params["templates"] or None})
+spark, _ = get_or_create(cfg.spark)
+
+# COMMAND ----------
+
+metrics = run(spark, cfg, params["checkpoint"], params["task"], params["data"] or None,
+              dataset=params["dataset"] or None)
+
+# COMMAND ----------
+
+from capmix.lake import open_lake  # noqa: E402
+
+open_lake(spark, cfg.lake).read("eval_results").orderBy("created_at", ascending=False) \
+    .show(40, truncate=60)

@@ -1,0 +1,62 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Export: a train set -> a Petastorm-readable parquet dataset
+# MAGIC
+# MAGIC Joins `train_sets` (one named set) with the pool's image bytes (and, for CLIPS, the raw
+# MAGIC and the full synthetic caption) and writes plain parquet with row groups sized for
+# MAGIC streaming. The trainer reads it with petastorm's `make_batch_reader`, each rank its own
+# MAGIC row groups. The same `jobs.export.run` serves `capmix export` and `spark-submit`.
+
+# COMMAND ----------
+
+DEFAULTS = {
+    "train_set": "raw_top_plus_synthetic_filtered_30",
+    "out": "exports/raw_top_plus_synthetic_filtered_30",  # a folder or URI (dbfs:/, s3://)
+    "clips": "false",          # true: add raw_text + synthetic_text, one row per image
+    "captioner": "",           # CLIPS: the synthetic caption, NAME or NAME:SAMPLE
+    "row_group_mb": "",        # empty: export.row_group_mb (32)
+    "min_files": "",           # empty: export.min_files (8); >= the number of training ranks
+    "overwrite": "false",
+    "lake": "",                # a folder/URI, or catalog.schema on Databricks
+    "config": "",              # a YAML preset; empty: conf/databricks.yaml on Databricks
+}
+
+
+def widget_values(defaults: dict) -> dict:
+    """Widget values on Databricks; the defaults when run as a plain Python file."""
+    try:
+        for name, value in defaults.items():
+            dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
+        return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
+    except NameError:
+        return dict(defaults)
+
+
+params = widget_values(DEFAULTS)
+
+# COMMAND ----------
+
+import os  # noqa: E402
+
+from capmix.config import load_config  # noqa: E402
+from capmix.resources import resource_dir  # noqa: E402
+from capmix.spark import get_or_create  # noqa: E402
+from jobs.export import run  # noqa: E402
+
+config = params["config"] or None
+if config is None and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+    config = str(resource_dir("conf") / "databricks.yaml")
+cfg = load_config(config, {
+    "lake.path": params["lake"] or None,
+    "export.clips": params["clips"].strip().lower() == "true",
+    "export.captioner": params["captioner"] or None,
+    "export.row_group_mb": float(params["row_group_mb"]) if params["row_group_mb"] else None,
+    "export.min_files": int(params["min_files"]) if params["min_files"] else None,
+})
+spark, _ = get_or_create(cfg.spark)  # the notebook's session on Databricks
+
+# COMMAND ----------
+
+result = run(spark, cfg, params["train_set"], params["out"],
+             overwrite=params["overwrite"].strip().lower() == "true")
+print(result)

@@ -1,0 +1,70 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Score: CLIP similarity of raw and synthetic captions -> `scores`, `image_embeddings`
+# MAGIC
+# MAGIC Image embeddings once per image (normalised), then the cosine similarity of each image with
+# MAGIC its raw caption (`source = 'raw'`) and every synthetic caption (`CAPTIONER:SAMPLE`), and
+# MAGIC CLIP-S = 2.5 * max(cos, 0) in `clip_s`. The paper's scorer is `vit-l-14` (OpenAI
+# MAGIC ViT-L/14). Resumable like the caption notebook. Same `jobs.score.run` as `capmix score`.
+
+# COMMAND ----------
+
+DEFAULTS = {
+    "scorer": "tiny-clip",      # registry name or open_clip:<arch>/<pretrained>
+    "weights": "",              # a checkpoint file / tag overriding the registry's weights
+    "captioners": "",           # comma-separated labels; empty: every captioner
+    "raw": "true",              # also score the raw captions
+    "batch_size": "",           # empty: score.batch_size of the config
+    "lake": "",
+    "config": "",
+}
+
+
+def widget_values(defaults: dict) -> dict:
+    """Widget values on Databricks; the defaults when run as a plain Python file."""
+    try:
+        for name, value in defaults.items():
+            dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
+        return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
+    except NameError:
+        return dict(defaults)
+
+
+params = widget_values(DEFAULTS)
+
+# COMMAND ----------
+
+import os  # noqa: E402
+
+from capmix.config import load_config  # noqa: E402
+from capmix.resources import resource_dir  # noqa: E402
+from capmix.spark import get_or_create  # noqa: E402
+from jobs.score import run  # noqa: E402
+
+config = params["config"] or None
+if config is None and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+    config = str(resource_dir("conf") / "databricks.yaml")
+cfg = load_config(config, {
+    "lake.path": params["lake"] or None,
+    "score.scorer": params["scorer"], "score.weights": params["weights"] or None,
+    "score.captioners": [c.strip() for c in params["captioners"].split(",") if c.strip()],
+    "score.raw": params["raw"].strip().lower() in ("true", "1", "yes"),
+    "score.batch_size": int(params["batch_size"]) if params["batch_size"] else None})
+spark, _ = get_or_create(cfg.spark)
+
+# COMMAND ----------
+
+summary = run(spark, cfg)
+print(summary.line())
+
+# COMMAND ----------
+
+# MAGIC %md Mean similarity and CLIP-S per caption source.
+
+# COMMAND ----------
+
+from capmix.lake import open_lake  # noqa: E402
+
+lake = open_lake(spark, cfg.lake)
+lake.read("scores").where(f"scorer = '{cfg.score.scorer}'").groupBy("source").agg(
+    {"similarity": "mean", "clip_s": "mean", "uid": "count"}).orderBy("source").show(20)
