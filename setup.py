@@ -13,9 +13,10 @@ setup(
     version="0.1.0",
     description="Synthetic-caption curation of image-text pools: caption, score, mix, train CLIP",
     python_requires=">=3.10",
-    packages=["capmix", "jobs", "udfs", "training", "capmix.sql", "capmix.conf"],
+    packages=["capmix", "capmix.demo", "jobs", "udfs", "training", "capmix.sql", "capmix.conf"],
     package_dir={"capmix.sql": "sql", "capmix.conf": "conf"},
-    package_data={"capmix.sql": ["*.sql"], "capmix.conf": ["*.yaml"], "capmix": ["data/*"]},
+    package_data={"capmix.sql": ["*.sql", "queries/*.sql"], "capmix.conf": ["*.yaml"],
+                  "capmix": ["data/*", "model_configs/*.json"]},
     install_requires=[
         "pyspark>=4.0,<4.1",
         "pyarrow>=12,<15",  # petastorm 0.13 needs pyarrow.filesystem (removed in 15)

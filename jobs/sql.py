@@ -1,7 +1,13 @@
 """Run Spark SQL over the lake: every table is registered under its name, the result printed.
 
     capmix sql --lake /tmp/l "SELECT status, count(*) FROM pool GROUP BY status"
-    capmix sql --file sql/examples/score_quantiles.sql --param source=raw
+    capmix sql --file caption_lengths --param bucket_words=5
+    capmix sql --file my_query.sql --param scorer=vit-l-14
+
+`--file` takes a path, or the bare name of a query shipped in sql/queries/ (caption_lengths,
+score_quantiles, synthetic_beats_raw, captioner_comparison; capmix.sql/queries in the wheel).
+Those are examples to read and run, not mixing strategies: `capmix mix` only runs the
+strategies it names, from sql/<strategy>.sql.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.lake import open_lake
+from capmix.resources import resource_dir
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -34,9 +41,44 @@ def run(spark: "SparkSession", cfg: Config, query: str,
         raise InputError(f"SQL error: {first}") from None
 
 
+def query_names() -> list[str]:
+    """The queries shipped in sql/queries/, by bare name."""
+    folder = resource_dir("sql") / "queries"
+    return sorted(p.stem for p in folder.glob("*.sql")) if folder.is_dir() else []
+
+
+def query_file(name: str) -> Path:
+    """`name` as a path when that file exists, else a bare name (`caption_lengths`, with or
+    without `.sql`) looked up in the shipped sql/queries/."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        shipped = resource_dir("sql") / "queries" / (name if name.endswith(".sql")
+                                                     else f"{name}.sql")
+        if shipped.is_file():
+            return shipped
+    raise InputError(f"SQL file not found: {name} (shipped queries: "
+                     f"{', '.join(query_names()) or 'none'})")
+
+
+def query_text(name: str) -> str:
+    """The text of a query file or of a shipped query (see `query_file`)."""
+    return query_file(name).read_text(encoding="utf-8")
+
+
+def missing_params(query: str, params: Mapping[str, Any]) -> list[str]:
+    """The named markers (`:scorer`) of `query` that `params` gives no value."""
+    from jobs.mix import sql_parameters
+
+    return sorted(sql_parameters(query) - set(params))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", nargs="?", help="the SQL text (or use --file)")
-    parser.add_argument("--file", metavar="SQL_FILE", help="read the query from a file")
+    parser.add_argument("--file", metavar="SQL_FILE",
+                        help="read the query from a file, or run a shipped query by name: "
+                             + ", ".join(query_names()))
     parser.add_argument("--param", metavar="NAME=VALUE", action="append", default=[],
                         help="a named parameter, used in the query as :NAME")
     parser.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
@@ -50,11 +92,14 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 def check_args(cfg: Config, args: argparse.Namespace) -> None:
     if bool(args.query) == bool(args.file):
         raise InputError("give a query, or --file, but not both")
-    if args.file and not Path(args.file).is_file():
-        raise InputError(f"SQL file not found: {args.file}")
     if args.limit <= 0:
         raise InputError("--limit must be positive")
-    parse_params(args.param)
+    params = parse_params(args.param)
+    if args.file:
+        missing = missing_params(query_text(args.file), params)
+        if missing:
+            raise InputError(f"{args.file} needs " + " ".join(
+                f"--param {name}=VALUE" for name in missing))
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -70,7 +115,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> int:
-    query = Path(args.file).read_text(encoding="utf-8") if args.file else args.query
+    query = query_text(args.file) if args.file else args.query
     df = run(spark, cfg, query, parse_params(args.param))
     print_frame(df, args.limit, args.format)
     return 0

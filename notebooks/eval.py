@@ -22,13 +22,17 @@ DEFAULTS = {
 
 
 def widget_values(defaults: dict) -> dict:
-    """Widget values on Databricks; the defaults when run as a plain Python file."""
+    """Widget values on Databricks. Run as a plain Python file, the defaults, each replaced by
+    the environment variable CAPMIX_WIDGET_<NAME> when set (CAPMIX_WIDGET_LAKE=/tmp/lake)."""
     try:
         for name, value in defaults.items():
             dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
         return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
     except NameError:
-        return dict(defaults)
+        import os
+
+        return {name: os.environ.get(f"CAPMIX_WIDGET_{name.upper()}", value)
+                for name, value in defaults.items()}
 
 
 params = widget_values(DEFAULTS)
@@ -52,12 +56,18 @@ spark, _ = get_or_create(cfg.spark)
 
 # COMMAND ----------
 
-metrics = run(spark, cfg, params["checkpoint"], params["task"], params["data"] or None,
-              dataset=params["dataset"] or None)
+metrics = None
+if params["data"] or params["task"] == "datacomp":
+    metrics = run(spark, cfg, params["checkpoint"], params["task"], params["data"] or None,
+                  dataset=params["dataset"] or None)
+else:
+    print("set the `data` widget (an export, a parquet dataset, an image folder or table:NAME)"
+          f" to run the {params['task']} evaluation")
 
 # COMMAND ----------
 
 from capmix.lake import open_lake  # noqa: E402
 
-open_lake(spark, cfg.lake).read("eval_results").orderBy("created_at", ascending=False) \
-    .show(40, truncate=60)
+lake = open_lake(spark, cfg.lake)
+if lake.exists("eval_results"):
+    lake.read("eval_results").orderBy("created_at", ascending=False).show(40, truncate=60)

@@ -26,13 +26,17 @@ DEFAULTS = {
 
 
 def widget_values(defaults: dict) -> dict:
-    """Widget values on Databricks; the defaults when run as a plain Python file."""
+    """Widget values on Databricks. Run as a plain Python file, the defaults, each replaced by
+    the environment variable CAPMIX_WIDGET_<NAME> when set (CAPMIX_WIDGET_LAKE=/tmp/lake)."""
     try:
         for name, value in defaults.items():
             dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
         return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
     except NameError:
-        return dict(defaults)
+        import os
+
+        return {name: os.environ.get(f"CAPMIX_WIDGET_{name.upper()}", value)
+                for name, value in defaults.items()}
 
 
 params = widget_values(DEFAULTS)

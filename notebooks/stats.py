@@ -13,20 +13,25 @@ DEFAULTS = {
     "datasets": "",            # comma-separated, e.g. raw,captioner:blip2; empty: all
     "subset_sizes": "1000,10000,100000,1000000",
     "tagger": "auto",          # auto | nltk | lingua-hmm
-    "report_dir": "report",    # on Databricks, e.g. /dbfs/capmix/report
+    "report_dir": "report",    # on Databricks, e.g. /Volumes/main/capmix/files/report
+    "scorer": "",              # whose similarities; empty: score.scorer
     "lake": "",
     "config": "",
 }
 
 
 def widget_values(defaults: dict) -> dict:
-    """Widget values on Databricks; the defaults when run as a plain Python file."""
+    """Widget values on Databricks. Run as a plain Python file, the defaults, each replaced by
+    the environment variable CAPMIX_WIDGET_<NAME> when set (CAPMIX_WIDGET_LAKE=/tmp/lake)."""
     try:
         for name, value in defaults.items():
             dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
         return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
     except NameError:
-        return dict(defaults)
+        import os
+
+        return {name: os.environ.get(f"CAPMIX_WIDGET_{name.upper()}", value)
+                for name, value in defaults.items()}
 
 
 params = widget_values(DEFAULTS)
@@ -52,7 +57,7 @@ spark, _ = get_or_create(cfg.spark)
 
 # COMMAND ----------
 
-result = run(spark, cfg)
+result = run(spark, cfg, scorer=params["scorer"] or None)
 print(result)
 
 # COMMAND ----------
