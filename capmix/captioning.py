@@ -100,12 +100,14 @@ class Captioner:
 class CoCaCaptioner(Captioner):
     """OpenCLIP-CoCa: the image is encoded once per batch, each row decodes with its sampler."""
 
-    def __init__(self, spec: ModelSpec, model: Any, transform: Any, device: str):
+    def __init__(self, spec: ModelSpec, model: Any, transform: Any, device: str,
+                 tokenizer: Any = None):
         import open_clip
 
         self.spec, self.model, self.transform, self.device = spec, model, transform, device
         self.dtype = next(model.parameters()).dtype
-        self.tokenizer = open_clip.tokenizer._tokenizer
+        # The model's own BPE tokenizer (a config may ship a smaller vocabulary than CLIP's).
+        self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer) or open_clip.tokenizer._tokenizer
         self.sot = self.tokenizer.sot_token_id
         self.eot = self.tokenizer.eot_token_id
         self.context = int(getattr(model.text, "context_length", 76))

@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
+from capmix.config_run import RunConfig
 from capmix.errors import ConfigError
 from capmix.resources import resource_dir
 
@@ -242,7 +243,9 @@ class TrainConfig:
 
     # An open_clip architecture, or a registry name (tiny-clip).
     model: str = "ViT-B-32"
-    objective: Literal["clip", "clips"] = "clip"
+    # clip: contrastive; clips: CLIPS (fragments + caption decoder); coca: an open_clip CoCa
+    # architecture trained with contrastive + captioning loss (a captioner capmix makes itself).
+    objective: Literal["clip", "clips", "coca"] = "clip"
     # Budget in samples seen; None: the candidate pool's size recorded by the export (a pool of
     # N samples trains for N samples seen).
     samples: Optional[int] = None
@@ -271,9 +274,12 @@ class TrainConfig:
     mlflow_uri: Optional[str] = None
     mlflow_experiment: str = "capmix"
     clips: ClipsConfig = field(default_factory=ClipsConfig)
+    # coca: loss = contrastive + caption_weight x captioning (open_clip's CoCa default: 2).
+    coca_caption_weight: float = 2.0
 
     def validate(self, key: str) -> None:
         _check(bool(self.model.strip()), f"{key}.model", "must not be empty")
+        _check(self.coca_caption_weight >= 0, f"{key}.coca_caption_weight", "must be >= 0")
         _check(self.samples is None or self.samples > 0, f"{key}.samples", "must be positive")
         _check(self.batch_size > 0, f"{key}.batch_size", "must be positive")
         _check(self.lr > 0, f"{key}.lr", "must be positive")
@@ -392,6 +398,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     # The file this config was read from (None for built-in defaults); relative input paths in
     # it are taken relative to the working directory, as a shell user would expect.
     source: Optional[str] = None

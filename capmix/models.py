@@ -25,7 +25,9 @@ from typing import Any, Optional
 from capmix.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-REGISTRY_FILE = Path(__file__).resolve().parent / "data" / "models.json"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_PREFIX = "capmix-data:"
+REGISTRY_FILE = DATA_DIR / "models.json"
 CAPTIONER_TYPES = ("open_clip_coca", "hf", "hf_random")
 SCORER_TYPES = ("open_clip",)
 _registered = False
@@ -143,8 +145,16 @@ def register_model_configs() -> None:
         if _registered:
             return
         import open_clip
+        from open_clip import factory
 
         open_clip.add_model_config(CONFIG_DIR)
+        # A config may name a tokenizer file shipped in capmix/data ("capmix-data:FILE", e.g. the
+        # demo models' 2048-token BPE vocabulary): JSON cannot hold the install path.
+        for name in (p.stem for p in CONFIG_DIR.glob("*.json")):
+            kwargs = factory._MODEL_CONFIGS[name].get("text_cfg", {}).get("tokenizer_kwargs", {})
+            bpe = kwargs.get("bpe_path", "")
+            if bpe.startswith(DATA_PREFIX):
+                kwargs["bpe_path"] = str(DATA_DIR / bpe[len(DATA_PREFIX):])
         _registered = True
 
 
@@ -186,7 +196,7 @@ def load_captioner(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"
     if spec.type == "open_clip_coca":
         model, _, transform, tokenizer = create_open_clip(spec.source, spec.pretrained, device,
                                                           precision)
-        return captioning.CoCaCaptioner(spec, model.eval(), transform, device)
+        return captioning.CoCaCaptioner(spec, model.eval(), transform, device, tokenizer)
     if spec.type == "hf_random":
         from capmix.tiny_hf import build_random
 

@@ -3,6 +3,7 @@ local one sized for the machine. Never stop a session capmix did not create."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Iterator
@@ -79,6 +80,9 @@ def get_or_create(cfg: SparkConfig) -> tuple["SparkSession", bool]:
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("ERROR")
+        # PySpark logs every failed query with its JVM stack as JSON at ERROR; capmix reports
+        # the error itself in one line (CapmixError), so a session capmix owns stays quiet.
+        logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
     else:
         for key, value in REQUIRED_CONF.items():
             with contextlib.suppress(Exception):  # a locked-down cluster may refuse; reads still work

@@ -92,3 +92,24 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path} is not a capmix checkpoint")
     return state
+
+
+def export_weights(path: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """The model weights of a capmix checkpoint (file or training folder) as a file open_clip
+    loads with `pretrained=FILE` ({"state_dict": ...}), written atomically: how a model capmix
+    trained becomes a captioner or scorer of the caption and score jobs."""
+    import torch
+
+    state = load(resolve(path))
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"state_dict": state["model"], "arch": state.get("arch"),
+                        "step": state.get("step")}, fh)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

@@ -153,6 +153,20 @@ def caption_loss(logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tenso
                            ignore_index=IGNORE_INDEX)
 
 
+def coca_loss(contrastive: Callable, out: dict, caption_weight: float = 2.0
+              ) -> dict[str, "torch.Tensor"]:
+    """CoCa's objective (open_clip's CoCaLoss): InfoNCE + weighted next-token cross-entropy.
+    Padding is token 0 in open_clip's tokenizers, which CoCa's loss ignores too."""
+    import torch.nn.functional as F
+
+    con = contrastive(out["image"], out["text"], out["logit_scale"])
+    logits = out["caption_logits"]
+    cap = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                          out["caption_labels"].reshape(-1), ignore_index=0)
+    return {"loss": con + caption_weight * cap, "contrastive": con.detach(),
+            "caption": cap.detach()}
+
+
 def clips_loss(contrastive: Callable, image: "torch.Tensor", raw: "torch.Tensor",
                fragment: "torch.Tensor", logit_scale: "torch.Tensor", logits: "torch.Tensor",
                labels: "torch.Tensor", contrastive_weight: float = 1.0,

@@ -67,13 +67,30 @@ def normalize(images: "torch.Tensor", pre: Preprocess) -> "torch.Tensor":
     return (images.float() / 255.0 - mean) / std
 
 
+def resolve_train_arch(name: str, objective: str) -> str:
+    """The open_clip architecture trained: captioner registry names count for `coca`."""
+    if objective == "coca":
+        from capmix.models import registry
+
+        entry = registry().get("captioners", {}).get(name.strip())
+        if entry and entry.get("type") == "open_clip_coca":
+            return entry["arch"]
+    return resolve_arch(name)
+
+
 def build(cfg: "TrainConfig", vocab_size: Optional[int] = None):
     """(clip model, decoder or None, Preprocess, context length) for a training config."""
+    from capmix.errors import InputError
     from capmix.models import create_open_clip
 
-    arch = resolve_arch(cfg.model)
+    arch = resolve_train_arch(cfg.model, cfg.objective)
     check_arch(arch)
     clip = create_open_clip(arch, pretrained=None)[0]
+    is_coca = hasattr(clip, "text_decoder")
+    if (cfg.objective == "coca") != is_coca:
+        raise InputError(f"{arch!r} is {'a' if is_coca else 'not a'} CoCa architecture: "
+                         + ("train it with --objective coca" if is_coca else
+                            "--objective coca needs one (e.g. demo-coca, coca_ViT-B-32)"))
     pre = preprocess_of(clip)
     context = int(getattr(clip, "context_length", 0) or clip.text.context_length)
     decoder = None
@@ -92,7 +109,7 @@ def _text_width(clip) -> int:
     return int(transformer.width)
 
 
-def train_module(clip, decoder, pre: Preprocess) -> "torch.nn.Module":
+def train_module(clip, decoder, pre: Preprocess, objective: str = "clip") -> "torch.nn.Module":
     """One nn.Module whose forward returns everything the losses need."""
     from torch import nn
 
@@ -105,6 +122,13 @@ def train_module(clip, decoder, pre: Preprocess) -> "torch.nn.Module":
         def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
             images = normalize(batch["image"], pre)
             scale = self.clip.logit_scale.exp()
+            if objective == "coca":
+                # CoCa's own forward: pooled features for the contrastive loss, and next-token
+                # logits over the caption with its labels (the caption shifted by one).
+                out = self.clip(images, batch["text"])
+                return {"image": out["image_features"], "text": out["text_features"],
+                        "logit_scale": scale, "caption_logits": out["logits"],
+                        "caption_labels": out["labels"]}
             if self.decoder is None:
                 return {"image": self.clip.encode_image(images, normalize=True),
                         "text": self.clip.encode_text(batch["text"], normalize=True),

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --out")
     parser.add_argument("--model", help="open_clip architecture or registry name (ViT-B-32)")
-    parser.add_argument("--objective", choices=["clip", "clips"])
+    parser.add_argument("--objective", choices=["clip", "clips", "coca"],
+                        help="clip; clips (fragments + decoder); coca (a CoCa captioner)")
     parser.add_argument("--samples", type=int, help="samples seen (default: the pool size)")
     parser.add_argument("--batch-size", type=int, help="global batch size (default 4096)")
     parser.add_argument("--lr", type=float)
@@ -168,7 +169,7 @@ def _model(tcfg: TrainConfig, ctx: Dist):
 
     torch.manual_seed(tcfg.seed + ctx.rank)
     clip, decoder, pre, context = build(tcfg)
-    module = train_module(clip, decoder, pre).to(ctx.device)
+    module = train_module(clip, decoder, pre, tcfg.objective).to(ctx.device)
     optimizer = torch.optim.AdamW(param_groups(module), lr=tcfg.lr,
                                   betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
                                   weight_decay=tcfg.weight_decay)
@@ -194,9 +195,9 @@ def _sample_spec(tcfg: TrainConfig, size: int, context: int):
 
 
 def _arch(tcfg: TrainConfig) -> str:
-    from training.model import resolve_arch
+    from training.model import resolve_train_arch
 
-    return resolve_arch(tcfg.model)
+    return resolve_train_arch(tcfg.model, tcfg.objective)
 
 
 def _restore(state: dict, tcfg: TrainConfig, module, optimizer) -> int:
@@ -258,13 +259,15 @@ def _loop(tcfg: TrainConfig, ctx: Dist, wrapped, module, optimizer, stream, trac
 def _loss_fn(tcfg: TrainConfig, ctx: Dist):
     from open_clip.loss import ClipLoss
 
-    from training.clips import clips_loss
+    from training.clips import clips_loss, coca_loss
 
     contrastive = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True,
                            rank=ctx.rank, world_size=ctx.world)
     weights = tcfg.clips
 
     def compute(out: dict, batch: dict) -> dict:
+        if "caption_logits" in out:
+            return coca_loss(contrastive, out, tcfg.coca_caption_weight)
         if "logits" not in out:
             loss = contrastive(out["image"], out["text"], out["logit_scale"])
             return {"loss": loss}

@@ -1,0 +1,122 @@
+"""`capmix run` end to end on a tiny miniature: every stage for real (Fashion-MNIST photos, the
+run's own CoCa captioner and CLIP scorer, torchrun training, zero-shot evaluation), then a
+re-run that finds everything complete, and a report whose numbers are the tables' numbers."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TEST_SPARK
+
+TINY = {
+    "run.demo.pool_size": 160, "run.demo.curated_size": 160,
+    "run.demo.classification_size": 100, "run.demo.retrieval_size": 60,
+    "run.demo.reference_size": 40, "run.demo.shard_size": 80,
+    "run.demo.captioner.samples": 384, "run.demo.captioner.batch_size": 32,
+    "run.demo.scorer.samples": 384, "run.demo.scorer.batch_size": 32,
+    "run.demo.captioner.warmup": 2, "run.demo.scorer.warmup": 2,
+    "run.strategies": ["raw", "synthetic"], "run.intersect_clusters": ["raw_top"],
+    "train.samples": 192, "train.batch_size": 32, "train.warmup": 2, "train.log_every": 1,
+    "caption.max_length": 12, "cluster.k": 4, "stats.subset_sizes": [50, 100],
+    "eval.templates": "simple",
+}
+
+
+@pytest.fixture(scope="module")
+def demo_run(spark, tmp_path_factory):
+    from capmix import pipeline
+    from capmix.config import load_config
+    from capmix.lake import open_lake
+
+    root = tmp_path_factory.mktemp("capmix_run")
+    cfg = load_config(None, {**TINY, "lake.path": str(root / "lake"),
+                             "run.workdir": str(root / "runs"),
+                             "run.report_dir": str(root / "report"),
+                             **{f"spark.{k}": v for k, v in TEST_SPARK.items()}})
+    first = pipeline.run(spark, cfg)
+    lake = open_lake(spark, cfg.lake)
+    before = {t: lake.version(t) for t in lake.tables()}
+    second = pipeline.run(spark, cfg)
+    after = {t: lake.version(t) for t in lake.tables()}
+    return cfg, lake, first, second, before, after, root
+
+
+def test_every_stage_runs_once_and_a_rerun_skips_them_all(demo_run):
+    cfg, lake, first, second, before, after, root = demo_run
+    names = ["raw", "synthetic", "raw_top_30_clusters"]
+    expected = {"prepare", "pretrain:scorer", "pretrain:captioner", "ingest", "caption",
+                "score", "cluster", "stats", "report"}
+    expected |= {f"{stage}:{n}" for n in names for stage in ("mix", "export", "train")}
+    expected |= {f"eval:{task}:{n}" for n in names for task in ("classification", "retrieval")}
+    assert set(first.stages) == expected
+    assert "cluster" in first.stages and first.skipped == []
+    # The re-run writes nothing: marker-skipped stages, and ingest/caption/score find every
+    # key committed (they run, but commit no new table version).
+    assert set(second.skipped) >= expected - {"ingest", "caption", "score", "report"}
+    assert after == before
+    assert {"pool", "captions", "scores", "image_embeddings", "clusters", "train_sets",
+            "mix_runs", "text_stats", "eval_results"} <= set(before)
+
+
+def test_the_run_trains_and_uses_its_own_captioner_and_scorer(demo_run):
+    cfg, lake, *_, root = demo_run
+    runs = root / "runs"
+    for role in ("captioner", "scorer"):
+        assert (runs / "models" / f"{role}.pt").is_file()
+        steps = [json.loads(line) for line in
+                 (runs / "pretrain" / role / "log.jsonl").read_text().splitlines()]
+        losses = [s["loss"] for s in steps if s.get("event") == "step" and "loss" in s]
+        assert len(losses) >= 5 and losses[-1] < losses[0]
+    captions = lake.read("captions").toPandas()
+    assert set(captions.captioner) == {"demo-coca"}
+    assert captions.model.str.contains(str(runs / "models" / "captioner.pt")).all()
+    assert len(captions) == 160 and captions.text.str.len().gt(0).all()
+    scores = lake.read("scores").select("scorer").distinct().toPandas()
+    assert set(scores.scorer) == {"demo-clip"}
+
+
+def _table(md: str) -> dict[str, dict[str, str]]:
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(header):
+            break  # the findings table starts
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def test_report_numbers_are_the_tables_numbers(demo_run):
+    cfg, lake, *_ = demo_run
+    index = Path(cfg.run.report_dir) / "index.md"
+    md = index.read_text()
+    rows = _table(md)
+    mix = lake.read("mix_runs").toPandas().set_index("name")
+    evals = lake.read("eval_results").toPandas()
+    assert set(rows) == {"raw", "synthetic", "raw_top_30_clusters"}
+    for name, row in rows.items():
+        assert row["train rows"] == f"{int(mix.loc[name, 'rows']):,}"
+        mine = evals[evals.run == name].set_index("metric").value
+        assert row["top-1"] == f"{mine['top1']:.3f}"
+        assert row["retrieval R@1"] == f"{mine['mean_R@1']:.3f}"
+    top1 = evals[evals.metric == "top1"].set_index("run").value
+    verdict = re.search(r"\| Synthetic captions beat raw captions without filtering[^|]*\| "
+                        r"\*\*([a-z ]+)\*\*", md).group(1)
+    assert verdict == ("reproduced" if top1["synthetic"] > top1["raw"] else "not reproduced")
+    assert (Path(cfg.run.report_dir) / "strategies.png").stat().st_size > 1000
+    assert (Path(cfg.run.report_dir) / "captions" / "report.md").is_file()
+
+
+def test_bad_run_settings_are_one_clear_line(tmp_path, capsys):
+    from capmix.cli import main
+
+    assert main(["run", "--lake", str(tmp_path / "l"), "--stages", "caption,bogus"]) == 2
+    assert "run.stages[1]: unknown stage 'bogus'" in capsys.readouterr().err
+    assert main(["run", "--lake", str(tmp_path / "l"), "--set",
+                 "run.strategies=[raw, nonsense]"]) == 2
+    assert "unknown strategy 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "l").exists()
