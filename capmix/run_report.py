@@ -76,13 +76,20 @@ def summary(mix_runs: "pd.DataFrame", stats: "pd.DataFrame", evals: "pd.DataFram
                "threshold": _first(mix, "threshold")}
         row.update(_set_stats(stats, f"train_set:{name}"))
         for metric in ("top1", "top5", "mean_R@1", "image_to_text_R@1", "text_to_image_R@1"):
-            hit = evals[(evals.run == name) & (evals.metric == metric)]
-            row[metric] = float(hit.value.iloc[0]) if len(hit) else math.nan
+            row[metric] = _eval(evals, name, metric)
+        # Evaluation sizes, for the noise of the accuracies (binomial standard errors).
+        row["n_top1"] = _eval(evals, name, "n")
+        row["n_mean_R@1"] = _eval(evals, name, "texts")
         key = strategy + ("+ic" if intersect else "")
         paper = PAPER_MEDIUM.get(key, (math.nan, math.nan))
         row["paper_imagenet"], row["paper_average"] = paper
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _eval(evals: "pd.DataFrame", run: str, metric: str) -> float:
+    hit = evals[(evals.run == run) & (evals.metric == metric)]
+    return float(hit.value.iloc[0]) if len(hit) else math.nan
 
 
 def _set_stats(stats: "pd.DataFrame", dataset: str) -> dict[str, float]:
@@ -102,16 +109,32 @@ def _first(df: "pd.DataFrame", col: str) -> float:
 
 
 def verdicts(table: "pd.DataFrame", stats: "pd.DataFrame") -> list[tuple[Finding, str, str]]:
-    """(finding, 'reproduced' | 'not reproduced' | 'not measured', the two values)."""
+    """(finding, verdict, the two values). Accuracies are fractions of n evaluated examples: a
+    difference within two standard errors of the difference, sqrt(a(1-a)/n + b(1-b)/n), is
+    'within noise' (one training seed per strategy cannot tell such runs apart)."""
     out = []
     for f in FINDINGS:
         a, b = _value(table, stats, f.better, f.metric), _value(table, stats, f.worse, f.metric)
         if a is None or b is None:
             out.append((f, "not measured", "-"))
             continue
-        verdict = "reproduced" if a > b else "not reproduced"
-        out.append((f, verdict, f"{f.better} {_fmt(a)} vs {f.worse} {_fmt(b)}"))
+        values = f"{f.better} {_fmt(a)} vs {f.worse} {_fmt(b)}"
+        n = _size(table, f.metric)
+        noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / n) if n else 0.0
+        if n:
+            values += f" (2 SE {noise:.3f}, n={n:,})"
+        verdict = ("within noise" if abs(a - b) <= noise
+                   else "reproduced" if a > b else "not reproduced")
+        out.append((f, verdict, values))
     return out
+
+
+def _size(table: "pd.DataFrame", metric: str) -> int:
+    """Examples behind an accuracy metric (0: not an accuracy)."""
+    col = f"n_{metric}"
+    if col not in table or table[col].isna().all():
+        return 0
+    return int(table[col].dropna().min())
 
 
 def _value(table: "pd.DataFrame", stats: "pd.DataFrame", who: str, metric: str
@@ -223,7 +246,9 @@ def _markdown(cfg: "Config", rows: "pd.DataFrame", found, figures, captions_repo
               "| finding | here | values |", "| --- | --- | --- |"]
     lines += [f"| {f.claim} | **{verdict}** | {values} |" for f, verdict, values in found]
     lines += ["", "Nothing in this run is tuned per strategy: every CLIP has the same "
-              "architecture, hyper-parameters and samples-seen budget.", ""]
+              "architecture, hyper-parameters and samples-seen budget, and one seed; "
+              "\"within noise\" marks differences inside two standard errors of the "
+              "evaluation.", ""]
     for title, name in figures:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if captions_report:
