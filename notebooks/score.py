@@ -19,35 +19,18 @@ DEFAULTS = {
     "config": "",
 }
 
+from capmix.notebook import widget_values  # noqa: E402
 
-def widget_values(defaults: dict) -> dict:
-    """Widget values on Databricks. Run as a plain Python file, the defaults, each replaced by
-    the environment variable CAPMIX_WIDGET_<NAME> when set (CAPMIX_WIDGET_LAKE=/tmp/lake)."""
-    try:
-        for name, value in defaults.items():
-            dbutils.widgets.text(name, value)  # noqa: F821 (defined by Databricks)
-        return {name: dbutils.widgets.get(name) for name in defaults}  # noqa: F821
-    except NameError:
-        import os
-
-        return {name: os.environ.get(f"CAPMIX_WIDGET_{name.upper()}", value)
-                for name, value in defaults.items()}
-
-
-params = widget_values(DEFAULTS)
+params = widget_values(DEFAULTS, globals().get("dbutils"))  # dbutils: Databricks
 
 # COMMAND ----------
 
-import os  # noqa: E402
-
 from capmix.config import load_config  # noqa: E402
-from capmix.resources import resource_dir  # noqa: E402
+from capmix.notebook import preset  # noqa: E402
 from capmix.spark import get_or_create  # noqa: E402
 from jobs.score import run  # noqa: E402
 
-config = params["config"] or None
-if config is None and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
-    config = str(resource_dir("conf") / "databricks.yaml")
+config = preset(params["config"])  # conf/databricks.yaml on Databricks
 cfg = load_config(config, {
     "lake.path": params["lake"] or None,
     "score.scorer": params["scorer"], "score.weights": params["weights"] or None,
