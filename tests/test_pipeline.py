@@ -124,3 +124,18 @@ def test_bad_run_settings_are_one_clear_line(tmp_path, capsys):
                  "run.strategies=[raw, nonsense]"]) == 2
     assert "unknown strategy 'nonsense'" in capsys.readouterr().err
     assert not (tmp_path / "l").exists()
+
+
+def test_changed_demo_settings_refuse_to_rebuild_under_an_existing_lake(tmp_path):
+    from capmix.config_run import DemoConfig
+    from capmix.demo.build import prepare, prepared
+    from capmix.errors import InputError
+
+    small = DemoConfig(pool_size=20, curated_size=20, classification_size=10,
+                       retrieval_size=10, reference_size=5, shard_size=10)
+    data = prepare(tmp_path / "data", small)
+    assert prepared(tmp_path / "data", small) and len(data.shard_paths()) == 2
+    assert prepare(tmp_path / "data", small).shard_paths() == data.shard_paths()  # no rebuild
+    with pytest.raises(InputError, match="other run.demo settings"):
+        prepare(tmp_path / "data", DemoConfig(**{**small.__dict__, "pool_size": 30}))
+    assert prepared(tmp_path / "data", small)  # nothing was touched

@@ -66,7 +66,15 @@ def prepare(root: str | Path, cfg: DemoConfig) -> DemoData:
     data = DemoData(Path(root))
     if prepared(root, cfg):
         return data
-    if data.root.exists():
+    if (data.root / MARKER).is_file():
+        # The lake and the trained models were made from the old data: rebuilding it under
+        # them would mix two pools. Say so rather than delete a lake.
+        from capmix.errors import InputError
+
+        raise InputError(f"{data.root} holds demo data built with other run.demo settings; "
+                         "remove the run folder and the lake (or set a new run.workdir and "
+                         "lake.path) to build the miniature anew")
+    if data.root.exists():  # a build that was interrupted: nothing was made from it yet
         shutil.rmtree(data.root)
     train, test = fashion.load(cfg.fashion_mnist_dir)
     rng = np.random.default_rng(cfg.seed)
