@@ -103,6 +103,9 @@ class RunConfig:
     # Strategies also run intersected with the image-cluster filter (name suffix `_ic`).
     intersect_clusters: list[str] = field(default_factory=list)
     nproc: int = 1  # training ranks per strategy
+    # Samples seen by each strategy's CLIP, the same for all (the paper: the pool size, which
+    # is what None gives unless train.samples is set). A miniature needs a few epochs.
+    train_samples: Optional[int] = None
     # Evaluation data (an export/parquet dataset, image folder or table:NAME); the demo builds
     # its own. None: that task is not run.
     classification: Optional[str] = None
@@ -121,6 +124,8 @@ class RunConfig:
                        f"unknown strategy {name!r}; strategies: {', '.join(known)}")
         _check(0 < self.percent <= 100, f"{key}.percent", "must be in (0, 100]")
         _check(self.nproc > 0, f"{key}.nproc", "must be positive")
+        _check(self.train_samples is None or self.train_samples > 0, f"{key}.train_samples",
+               "must be positive")
 
     def wants(self, stage: str) -> bool:
         return not self.stages or stage in self.stages

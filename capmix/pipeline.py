@@ -82,6 +82,8 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
     if rc.demo is not None:
         cfg = _pretrain(cfg, work, result)
     rc = cfg.run  # the demo filled in its evaluation sets
+    if rc.train_samples:
+        cfg = replace(cfg, train=replace(cfg.train, samples=rc.train_samples))
     lake = _lake(spark, cfg)
     if rc.wants("ingest"):
         _stage(result, "ingest", lambda: _ingest(spark, cfg))

@@ -19,7 +19,7 @@ TINY = {
     "run.demo.scorer.samples": 384, "run.demo.scorer.batch_size": 32,
     "run.demo.captioner.warmup": 2, "run.demo.scorer.warmup": 2,
     "run.strategies": ["raw", "synthetic"], "run.intersect_clusters": ["raw_top"],
-    "train.samples": 192, "train.batch_size": 32, "train.warmup": 2, "train.log_every": 1,
+    "run.train_samples": 192, "train.batch_size": 32, "train.warmup": 2, "train.log_every": 1,
     "caption.max_length": 12, "cluster.k": 4, "stats.subset_sizes": [50, 100],
     "eval.templates": "simple",
 }
