@@ -107,7 +107,9 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
             lambda: _job("jobs.stats").run(
                 spark, cfg, report_dir=str(Path(rc.report_dir) / "captions")))
     for r in runs:
-        export_key = {"train_sets": lake.version("train_sets"), "pool": lake.version("pool"),
+        # What this train set was made from (not train_sets' version, which every other
+        # strategy's mix moves too): adding a strategy re-exports and re-trains no other.
+        export_key = {"mix": _mix_key(lake, cfg, r), "pool": lake.version("pool"),
                       "export": cfg.export, "name": r.name}
         if rc.wants("export"):
             _marked(result, markers, f"export:{r.name}", export_key,
@@ -360,3 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     from capmix.cli import stage_main
 
     return stage_main("capmix.pipeline", argv, prog="capmix run")
+
+
+if __name__ == "__main__":  # python -m capmix.pipeline / spark-submit capmix/pipeline.py
+    import sys
+
+    sys.exit(main())

@@ -139,3 +139,20 @@ def test_changed_demo_settings_refuse_to_rebuild_under_an_existing_lake(tmp_path
     with pytest.raises(InputError, match="other run.demo settings"):
         prepare(tmp_path / "data", DemoConfig(**{**small.__dict__, "pool_size": 30}))
     assert prepared(tmp_path / "data", small)  # nothing was touched
+
+
+def test_adding_a_strategy_runs_only_that_strategy(demo_run, spark):
+    """Last in this module: it extends the shared run with one more strategy."""
+    from dataclasses import replace
+
+    from capmix import pipeline
+
+    cfg, lake, *_ = demo_run
+    more = replace(cfg, run=replace(cfg.run, strategies=[*cfg.run.strategies, "raw_top"]))
+    third = pipeline.run(spark, more)
+    new = {f"{stage}:raw_top_30" for stage in ("mix", "export", "train")}
+    new |= {f"eval:{task}:raw_top_30" for task in ("classification", "retrieval")}
+    # stats measures every train set, so it re-runs; nothing of the other strategies does.
+    assert set(third.stages) == new | {"ingest", "caption", "score", "stats", "report"}
+    assert {"train:raw", "train:synthetic", "train:raw_top_30_clusters"} <= set(third.skipped)
+    assert "raw_top_30" in set(lake.read("eval_results").toPandas().run)
