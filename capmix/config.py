@@ -19,6 +19,7 @@ import yaml
 
 from capmix.config_run import RunConfig
 from capmix.errors import ConfigError
+from capmix.errors import check as _check
 from capmix.resources import resource_dir
 
 # Table names every stage agrees on (design.md, "Stages and tables"); `lake.tables` may rename them.
@@ -26,11 +27,6 @@ TABLES = (
     "pool", "captions", "scores", "image_embeddings", "clusters", "mix_runs", "train_sets",
     "text_stats", "eval_results",
 )
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(key, message)
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from capmix.errors import ConfigError
+from capmix.errors import check as _check
 
 # Stage order of `capmix run`; `run.stages` may name a subset (in any order: they run in this one).
 STAGES = ("prepare", "pretrain", "ingest", "caption", "score", "cluster", "mix", "stats",
           "export", "train", "eval", "report")
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(key, message)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ class ConfigError(CapmixError):
         super().__init__(f"config error: {key}: {message}" if key else f"config error: {message}")
 
 
+def check(ok: bool, key: str, message: str) -> None:
+    """The config validators' one test: ConfigError naming `key` unless `ok`."""
+    if not ok:
+        raise ConfigError(key, message)
+
+
 class InputError(CapmixError):
     """Bad command-line input or a missing input/table, found before anything is written."""
 

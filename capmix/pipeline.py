@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger("capmix")
+KEY_FILE = "_capmix_key.json"  # in a training folder: the inputs it was started from
 
 
 class Markers:
@@ -184,12 +185,9 @@ def _pretrain(cfg: Config, work: Path, result: PipelineResult) -> Config:
     for role, pre, objective in (("scorer", demo.scorer, "clip"),
                                  ("captioner", demo.captioner, "coca")):
         weights = models / f"{role}.pt"
-        key = {"model": pre, "data": json.loads((work / "data" / "_prepared.json").read_text())}
+        key = {"model": pre, "data": demo}  # the data prepare() built from these settings
         out = work / "pretrain" / role
-        stored = out / "_capmix_key.json"
-        fresh = weights.is_file() and stored.is_file() and json.loads(
-            stored.read_text()) == _plain(key)
-        if fresh or not cfg.run.wants("pretrain"):
+        if (weights.is_file() and _same_inputs(out, key)) or not cfg.run.wants("pretrain"):
             if not weights.is_file():
                 raise InputError(f"{weights} is missing: run the `pretrain` stage")
             result.skipped.append(f"pretrain:{role}")
@@ -250,12 +248,11 @@ def _train(cfg: Config, data: Path, out: Path, name: str, key: dict, nproc: int)
     from capmix.cli import common_parser
     from training import launch
 
-    stored = out / "_capmix_key.json"
-    resume = stored.is_file() and json.loads(stored.read_text()) == _plain(key)
+    resume = _same_inputs(out, key)
     if out.exists() and not resume:
         shutil.rmtree(out)  # trained on other inputs: its checkpoints are not this run's
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(stored, _plain(key))
+    _write_json(out / KEY_FILE, _plain(key))
     argv = ["--data", str(data), "--out", str(out), "--nproc", str(nproc)]
     argv += ["--config", cfg.source] if cfg.source else []
     argv += [a for k, v in _dotted("train", asdict(cfg.train)) for a in ("--set", f"{k}={v}")]
@@ -267,6 +264,12 @@ def _train(cfg: Config, data: Path, out: Path, name: str, key: dict, nproc: int)
     if code != 0:
         raise InputError(f"training {name} failed (exit {code}); its log: {out}/log.jsonl; "
                          "re-run capmix run to resume it")
+
+
+def _same_inputs(out: Path, key: dict) -> bool:
+    """Whether the training in `out` was started from exactly these inputs."""
+    stored = out / KEY_FILE
+    return stored.is_file() and json.loads(stored.read_text()) == _plain(key)
 
 
 def _dataset(task: str, cfg: Config) -> Optional[str]:

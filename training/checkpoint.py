@@ -59,23 +59,28 @@ def resolve(path: str | os.PathLike) -> Path:
 def save(out: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 0) -> Path:
     """Write `state` as the checkpoint of `step` atomically; keep only the newest `keep`
     (0: all)."""
+    target = _atomic_save({"format": FORMAT, **state}, checkpoint_path(out, step))
+    if keep > 0:
+        for _, old in list_checkpoints(out)[:-keep]:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def _atomic_save(obj: Any, target: Path) -> Path:
+    """torch.save to a temporary file beside `target`, flushed to disk, renamed over it."""
     import torch
 
-    target = checkpoint_path(out, step)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if keep > 0:
-        for _, old in list_checkpoints(out)[:-keep]:
-            old.unlink(missing_ok=True)
     return target
 
 
@@ -98,18 +103,6 @@ def export_weights(path: str | os.PathLike, target: str | os.PathLike) -> Path:
     """The model weights of a capmix checkpoint (file or training folder) as a file open_clip
     loads with `pretrained=FILE` ({"state_dict": ...}), written atomically: how a model capmix
     trained becomes a captioner or scorer of the caption and score jobs."""
-    import torch
-
     state = load(resolve(path))
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"state_dict": state["model"], "arch": state.get("arch"),
-                        "step": state.get("step")}, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return _atomic_save({"state_dict": state["model"], "arch": state.get("arch"),
+                         "step": state.get("step")}, Path(target))
