@@ -22,6 +22,9 @@ $(STAMP): requirements.lock setup.py
 	$(PY) -m pip install -q --no-deps -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check | grep -v -i "petastorm" || true
+	# Spark's own Delta Lake: its jars resolved once through Maven Central into Ivy's cache
+	# (~/.ivy2.5.2); sessions then load them from disk and never resolve at start.
+	$(PY) -m capmix.jars fetch
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -90,7 +90,7 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None,
         if getattr(module, "NEEDS_SPARK", True):
             from capmix.spark import session
 
-            with session(cfg.spark) as spark:
+            with session(cfg.spark, cfg.lake) as spark:
                 code = module.run_args(spark, cfg, args)
         else:
             code = module.run_args(None, cfg, args)

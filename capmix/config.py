@@ -52,9 +52,14 @@ class LakeConfig:
     # A folder or URI (s3://, abfss://, dbfs:/) holding one Delta table per sub-folder, or a
     # Unity Catalog `catalog.schema` (Databricks; needs the spark backend).
     path: str = "lake"
-    # auto: Spark's own Delta support when its jars are on the classpath, else delta-rs.
+    # auto: Spark's own Delta Lake when the session has it (a session capmix builds loads the
+    # jars `python -m capmix.jars fetch` cached), else delta-rs; spark / delta-rs force one.
     backend: Literal["auto", "spark", "delta-rs"] = "auto"
     tables: dict[str, str] = field(default_factory=dict)
+    # Scratch space for a run's staged work (pending keys and texts per chunk), a folder or URI
+    # every executor reaches. None: `<path>/_capmix_work`, or for a catalog.schema lake
+    # dbfs:/tmp/capmix_work/<catalog.schema>.
+    work_path: Optional[str] = None
 
     def validate(self, key: str) -> None:
         _check(bool(self.path.strip()), f"{key}.path", "must not be empty")

@@ -28,3 +28,10 @@ class InputError(CapmixError):
     """Bad command-line input or a missing input/table, found before anything is written."""
 
     exit_code = 2
+
+
+class ConflictError(CapmixError):
+    """Another writer committed to the same table at the same time; nothing of this run's
+    current step was committed, and a re-run completes the work."""
+
+    exit_code = 2

@@ -12,10 +12,10 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from capmix.errors import CapmixError, InputError
-from capmix.lake import Lake, dedupe
+from capmix.errors import CapmixError, ConflictError, InputError
+from capmix.lake import Lake, Txn, conform, dedupe
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 class DeltaRsLake(Lake):
     """Delta tables in a local folder, one sub-folder per table."""
 
+    backend = "delta-rs"
+
     @property
     def root(self) -> Path:
         path = self.cfg.path[len("file://"):] if self.cfg.path.startswith("file://") else self.cfg.path
@@ -31,6 +33,9 @@ class DeltaRsLake(Lake):
 
     def location(self, table: str) -> str:
         return str(self.root / self.physical(table))
+
+    def location_root(self) -> str:
+        return str(self.root)
 
     # -- reads ------------------------------------------------------------------------------
     def _table(self, table: str):
@@ -47,6 +52,10 @@ class DeltaRsLake(Lake):
     def version(self, table: str) -> int | None:
         dt = self._table(table)
         return None if dt is None else dt.version()
+
+    def txn_version(self, table: str, app_id: str) -> Optional[int]:
+        dt = self._table(table)
+        return None if dt is None else dt.transaction_version(app_id)
 
     def tables(self) -> list[str]:
         if not self.root.is_dir():
@@ -67,9 +76,39 @@ class DeltaRsLake(Lake):
         return self.spark.read.schema(schema).parquet(*files)
 
     # -- writes -----------------------------------------------------------------------------
-    def append(self, table: str, df: "DataFrame") -> int:
+    def append(self, table: str, df: "DataFrame", txn: Optional[Txn] = None) -> Optional[int]:
         dt = self._table(table)
-        return self._commit(table, [self._write_files(table, df, dt)], removes=[], dt=dt)
+        if txn is not None and dt is not None:
+            recorded = dt.transaction_version(txn.app_id)
+            if recorded is not None and recorded >= txn.version:
+                return None
+        return self._commit(table, [self._write_files(table, df, dt)], removes=[], dt=dt,
+                            txn=txn)
+
+    def delete_matching(self, table: str, keys: "DataFrame", on: Sequence[str]) -> int:
+        from pyspark.sql import functions as F
+
+        dt = self._table(table)
+        if dt is None:
+            return 0
+        keys = F.broadcast(keys.select(*on).distinct())
+        cond = [F.col(f"t.{k}").eqNullSafe(F.col(f"k.{k}")) for k in on]
+        match = cond[0]
+        for c in cond[1:]:
+            match = match & c
+        current = _with_file(self._snapshot(dt))
+        touched = current.alias("t").join(keys.alias("k"), match, "left_semi")
+        files = {_local(r[0]) for r in touched.select("__file").distinct().collect()}
+        if not files:
+            return 0
+        removes = [a for a in _removes(dt) if os.path.join(self.location(table), a.path) in files]
+        old = self.spark.read.schema(_spark_schema(dt)).parquet(
+            *["file://" + p for p in sorted(files)])
+        kept = old.alias("t").join(keys.alias("k"), match, "left_anti")
+        written = self._write_files(table, kept, dt)
+        deleted = old.count() - written.rows
+        self._commit(table, [written], removes=removes, dt=dt)
+        return deleted
 
     def merge(self, table: str, df: "DataFrame", keys: Sequence[str], update: bool = False,
               order_by: Sequence[str] | None = None) -> int:
@@ -126,10 +165,11 @@ class DeltaRsLake(Lake):
         return self._commit(table, written, removes=removes, dt=dt, counted=1)
 
     def _commit(self, table: str, written: list["_Written"], removes: list, dt=None,
-                counted: int | None = None) -> int:
-        """One Delta transaction: every written file added, every `removes` file removed.
-        Returns the rows of the first `counted` writes (default: all)."""
-        from deltalake import DeltaTable
+                counted: int | None = None, txn: Optional[Txn] = None) -> Optional[int]:
+        """One Delta transaction: every written file added, every `removes` file removed,
+        with `txn` recorded. Returns the rows of the first `counted` writes (default: all), or
+        None when another writer committed `txn`'s version first."""
+        from deltalake import CommitProperties, DeltaTable, Transaction
         from deltalake.transaction import create_table_with_add_actions
 
         location = self.location(table)
@@ -137,13 +177,26 @@ class DeltaRsLake(Lake):
         rows = sum(w.rows for w in written[:counted])
         if dt is None and DeltaTable.is_deltatable(location):
             dt = DeltaTable(location)  # created since we looked: commit as an append
+        props = None if txn is None else CommitProperties(
+            app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)])
         try:
             if dt is None:
                 create_table_with_add_actions(location, written[0].schema, adds, mode="error",
-                                              name=self.physical(table))
-            elif adds or removes:
-                dt.create_write_transaction(adds + removes, mode="append", schema=dt.schema())
+                                              name=self.physical(table), commit_properties=props)
+            elif adds or removes or txn is not None:
+                if txn is not None:
+                    dt.update_incremental()
+                    recorded = dt.transaction_version(txn.app_id)
+                    if recorded is not None and recorded >= txn.version:
+                        return None
+                dt.create_write_transaction(adds + removes, mode="append", schema=dt.schema(),
+                                            commit_properties=props)
         except Exception as exc:  # e.g. a concurrent writer removed a file we replace
+            text = f"{type(exc).__name__}: {exc}"
+            if "oncurrent" in text or "onflict" in text or "already exists" in text:
+                raise ConflictError(f"table {table!r}: another writer committed to it at the "
+                                    f"same time ({text[:160]}); nothing of this step was "
+                                    "committed, re-run to finish the work") from None
             raise CapmixError(f"commit to {table!r} failed; the table is unchanged: {exc}") from exc
         return rows
 
@@ -154,7 +207,7 @@ class DeltaRsLake(Lake):
         from deltalake.transaction import AddAction
 
         if dt is not None:
-            df = _conform(df, _spark_schema(dt), table)
+            df = conform(df, _spark_schema(dt), table)
         location = self.location(table)
         stage = f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
         target = os.path.join(location, stage)
@@ -231,16 +284,3 @@ def _spark_schema(dt):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(pa.schema(dt.schema().to_arrow()))
-
-
-def _conform(df: "DataFrame", schema, table: str) -> "DataFrame":
-    """Select the table's columns in its order and types; a missing or extra column is an error
-    (schema changes are deliberate, never a side effect of a write)."""
-    have = set(df.columns)
-    want = [f.name for f in schema.fields]
-    missing = [c for c in want if c not in have]
-    extra = [c for c in df.columns if c not in set(want)]
-    if missing or extra:
-        raise InputError(f"rows for table {table!r} do not match its schema: "
-                         f"missing {missing or 'none'}, unexpected {extra or 'none'}")
-    return df.select(*[df[f.name].cast(f.dataType).alias(f.name) for f in schema.fields])

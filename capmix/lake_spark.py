@@ -1,15 +1,21 @@
-"""The cluster lake: Spark's own Delta support (Databricks, or delta-spark jars on the classpath).
+"""The default lake: Spark's own Delta Lake (delta-spark jars, or Databricks' built-in Delta).
 
-Tables are paths under `lake.path` (s3a://..., abfss://..., dbfs:/..., a folder) or, when
+Tables are paths under `lake.path` (a folder, s3a://..., abfss://..., dbfs:/...) or, when
 `lake.path` is `catalog.schema`, managed Unity Catalog tables `catalog.schema.<table>`.
-Each write below is one Delta operation, hence one atomic commit.
+Each write below is one Delta operation, hence one atomic commit. Every commit carries a fresh
+`userMetadata` token, so the writer finds its own commit in the history (its row count, or
+that Delta skipped it for its transaction id) even when other writers commit at the same time.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import contextlib
+import os
+import uuid
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from capmix.errors import InputError
-from capmix.lake import Lake, dedupe, is_catalog
+from capmix.config import TABLES
+from capmix.errors import CapmixError, ConflictError, InputError
+from capmix.lake import Lake, Txn, conform, dedupe, is_catalog
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -17,6 +23,8 @@ if TYPE_CHECKING:
 
 class SparkDeltaLake(Lake):
     """Delta tables through delta-spark."""
+
+    backend = "spark"
 
     @property
     def catalog(self) -> bool:
@@ -26,7 +34,15 @@ class SparkDeltaLake(Lake):
         name = self.physical(table)
         if self.catalog:
             return f"{self.cfg.path}.{name}"
-        return f"{self.cfg.path.rstrip('/')}/{name}"
+        return f"{self.location_root().rstrip('/')}/{name}"
+
+    def location_root(self) -> str:
+        # A plain folder becomes absolute: the session catalog needs absolute LOCATIONs, and
+        # Spark and delta-rs must agree on where a relative `lake` is.
+        path = self.cfg.path
+        if path.startswith("file:") or "://" in path or path.startswith("dbfs:"):
+            return path
+        return os.path.abspath(os.path.expanduser(path))
 
     def _delta_table(self, table: str):
         from delta.tables import DeltaTable
@@ -57,46 +73,181 @@ class SparkDeltaLake(Lake):
     def tables(self) -> list[str]:
         if self.catalog:
             return sorted(t.name for t in self.spark.catalog.listTables(self.cfg.path))
-        from capmix.config import TABLES
-
         return sorted(self.physical(t) for t in TABLES if self.exists(t))
 
+    def txn_version(self, table: str, app_id: str) -> Optional[int]:
+        """From the table's latest snapshot (Delta keeps the last version per app id in its
+        log and checkpoints). Python has no API for it, so this asks the JVM's DeltaLog."""
+        if not self.exists(table):
+            return None
+        jvm = getattr(self.spark, "_jvm", None)
+        if jvm is None:
+            raise CapmixError("this stage needs a classic Spark session (Spark Connect cannot "
+                              "read Delta transaction identifiers)")
+        path = self.location(table)
+        if self.catalog:
+            path = self.spark.sql(f"DESCRIBE DETAIL {path}").collect()[0]["location"]
+        delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(
+            self.spark._jsparkSession, path)
+        none = jvm.scala.Option.empty()
+        found = delta_log.update(False, none, none).transactions().get(app_id)
+        return int(found.get()) if found.isDefined() else None
+
+    def register_views(self) -> list[str]:
+        """Every lake table as a real Delta table of the session catalog, so `capmix sql` has
+        Delta's SQL: `VERSION AS OF`, `DESCRIBE HISTORY`, `DESCRIBE DETAIL`. A catalog.schema
+        lake's tables are catalog tables already: queries run with it as current schema."""
+        if self.catalog:
+            return self.tables()
+        registered = []
+        logical = {self.physical(t): t for t in TABLES}
+        for name in self.tables():
+            location = self.location(logical.get(name, name))
+            self.spark.catalog.dropTempView(name)  # a view would shadow the table
+            if self.spark.catalog.tableExists(name):
+                if _table_location(self.spark, name) == _normal(location):
+                    registered.append(name)
+                    continue
+                if self.spark.catalog.getTable(name).tableType != "EXTERNAL":
+                    continue  # the user's own managed table: never dropped
+                self.spark.sql(f"DROP TABLE `{name}`")  # external: the entry only, not data
+            self.spark.sql(f"CREATE TABLE `{name}` USING DELTA LOCATION '{_sql_str(location)}'")
+            registered.append(name)
+        return registered
+
     # -- writes -----------------------------------------------------------------------------
-    def _save(self, df: "DataFrame", table: str, mode: str, **options: str) -> None:
-        writer = df.write.format("delta").mode(mode)
+    def _save(self, df: "DataFrame", table: str, mode: str, **options: str) -> Optional[int]:
+        """One write; returns its numOutputRows, or None when Delta skipped it (txn)."""
+        token = f"capmix-{uuid.uuid4().hex}"
+        before = self.version(table)
+        if before is not None and (mode == "append" or "replaceWhere" in options):
+            df = conform(df, self.read(table).schema, table)
+        writer = df.write.format("delta").mode(mode).option("userMetadata", token)
         for key, value in options.items():
             writer = writer.option(key, value)
-        if self.catalog:
-            writer.saveAsTable(self.location(table))
-        else:
-            writer.save(self.location(table))
+        try:
+            if self.catalog:
+                writer.saveAsTable(self.location(table))
+            else:
+                writer.save(self.location(table))
+        except Exception as exc:
+            raise _conflict(table, exc) or exc
+        return self._own_rows(table, token, before, "numOutputRows")
 
-    def _last_metric(self, table: str, *names: str) -> int:
-        metrics = self._delta_table(table).history(1).collect()[0]["operationMetrics"] or {}
-        return sum(int(metrics.get(n, 0)) for n in names)
+    def _own_rows(self, table: str, token: str, before: Optional[int],
+                  *metrics: str) -> Optional[int]:
+        """The sum of `metrics` of the commit tagged `token` made after version `before`, or
+        None when there is no such commit (Delta skipped the write for its txn id)."""
+        now = self.version(table)
+        if now is None or (before is not None and now <= before):
+            return None
+        span = now - (before if before is not None else -1)
+        for row in self._delta_table(table).history(span).collect():
+            if row["userMetadata"] == token:
+                values = row["operationMetrics"] or {}
+                return sum(int(values.get(name, 0)) for name in metrics)
+        return None
 
-    def append(self, table: str, df: "DataFrame") -> int:
-        self._save(df, table, "append")
-        return self._last_metric(table, "numOutputRows")
+    def append(self, table: str, df: "DataFrame", txn: Optional[Txn] = None) -> Optional[int]:
+        if txn is None:
+            return self._save(df, table, "append") or 0
+        recorded = self.txn_version(table, txn.app_id)
+        if recorded is not None and recorded >= txn.version:
+            return None
+        return self._save(df, table, "append", txnAppId=txn.app_id,
+                          txnVersion=str(txn.version))
 
     def overwrite(self, table: str, df: "DataFrame") -> int:
-        self._save(df, table, "overwrite")
-        return self._last_metric(table, "numOutputRows")
+        return self._save(df, table, "overwrite") or 0
 
     def replace_where(self, table: str, df: "DataFrame", predicate: str) -> int:
         if not self.exists(table):
-            return self.append(table, df)
-        self._save(df, table, "overwrite", replaceWhere=predicate)
-        return self._last_metric(table, "numOutputRows")
+            return self.append(table, df) or 0
+        # The contract: delete what matches, add `df` (whose rows need not match: Delta's
+        # own check would refuse, e.g., moving rows from one set name to another).
+        with _session_conf(self.spark, "spark.databricks.delta.replaceWhere.constraintCheck"
+                                       ".enabled", "false"):
+            return self._save(df, table, "overwrite", replaceWhere=predicate) or 0
 
     def merge(self, table: str, df: "DataFrame", keys: Sequence[str], update: bool = False,
               order_by: Sequence[str] | None = None) -> int:
         source = dedupe(df, keys, order_by)
         if not self.exists(table):
-            return self.append(table, source)
+            return self.append(table, source) or 0
+        source = conform(source, self.read(table).schema, table)
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        token, before = f"capmix-{uuid.uuid4().hex}", self.version(table)
         builder = self._delta_table(table).alias("t").merge(source.alias("s"), condition)
         if update:
             builder = builder.whenMatchedUpdateAll()
-        builder.whenNotMatchedInsertAll().execute()
-        return self._last_metric(table, "numTargetRowsInserted", "numTargetRowsUpdated")
+        self._with_metadata(token, lambda: builder.whenNotMatchedInsertAll().execute(), table)
+        return self._own_rows(table, token, before, "numTargetRowsInserted",
+                              "numTargetRowsUpdated") or 0
+
+    def delete_matching(self, table: str, keys: "DataFrame", on: Sequence[str]) -> int:
+        from pyspark.sql import functions as F
+
+        if not self.exists(table):
+            return 0
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in on)
+        token, before = f"capmix-{uuid.uuid4().hex}", self.version(table)
+        source = F.broadcast(keys.select(*on).distinct())
+        builder = (self._delta_table(table).alias("t").merge(source.alias("s"), condition)
+                   .whenMatchedDelete())
+        self._with_metadata(token, builder.execute, table)
+        return self._own_rows(table, token, before, "numTargetRowsDeleted") or 0
+
+    def _with_metadata(self, token: str, action, table: str) -> None:
+        """Run a DeltaTable operation (no writer options) with `token` as its userMetadata."""
+        with _session_conf(self.spark, "spark.databricks.delta.commitInfo.userMetadata", token):
+            try:
+                action()
+            except Exception as exc:
+                raise _conflict(table, exc) or exc
+
+
+@contextlib.contextmanager
+def _session_conf(spark, key: str, value: str):
+    """`key` set to `value` for the duration of one operation, then restored."""
+    saved = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if saved is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, saved)
+
+
+def _conflict(table: str, exc: Exception) -> Optional[ConflictError]:
+    """Delta's optimistic-concurrency failures as one clear ConflictError (exit code 2)."""
+    text = f"{type(exc).__name__}: {exc}"
+    for name in ("ConcurrentTransactionException", "ConcurrentAppendException",
+                 "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+                 "MetadataChangedException", "ProtocolChangedException",
+                 "ConcurrentWriteException", "DELTA_CONCURRENT"):
+        if name in text:
+            return ConflictError(
+                f"table {table!r}: another writer committed to it at the same time "
+                f"({name}); nothing of this step was committed, re-run to finish the work")
+    return None
+
+
+def _sql_str(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _normal(location: str) -> str:
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    path = unquote(parsed.path) if parsed.scheme in ("", "file") else location
+    return path.rstrip("/")
+
+
+def _table_location(spark, name: str) -> Optional[str]:
+    try:
+        return _normal(spark.sql(f"DESCRIBE DETAIL `{name}`").collect()[0]["location"])
+    except Exception:
+        return None

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Iterator
 
-from capmix.config import SparkConfig
+from capmix.config import LakeConfig, SparkConfig
 from capmix.resources import resource_dir
 
 if TYPE_CHECKING:
@@ -32,7 +32,37 @@ def _local_cores(master: str) -> int:
     return os.cpu_count() or 1
 
 
-def build_conf(cfg: SparkConfig) -> dict[str, str]:
+def delta_conf(backend: str = "auto") -> tuple[dict[str, str], str]:
+    """(Spark conf that loads Spark's own Delta Lake, why) for a session capmix creates.
+
+    `auto` loads Delta when `capmix.jars fetch` has cached its jars (no resolution at start);
+    `spark` loads it always, resolving through Ivy now if it must; `delta-rs` never does. The
+    reason is what `open_lake` logs when it picks the backend."""
+    from capmix import jars
+
+    if backend == "delta-rs":
+        return {}, "lake.backend is delta-rs"
+    delta = {"spark.sql.extensions": jars.DELTA_EXTENSIONS,
+             "spark.sql.catalog.spark_catalog": jars.DELTA_CATALOG}
+    coordinates = jars.delta_coordinates()
+    cached = jars.cached_jars(coordinates)
+    if cached is not None:
+        return {**delta, "spark.jars": ",".join(cached)}, \
+            f"Delta jars cached in {jars.ivy_dir()}"
+    if backend == "spark":
+        return {**delta, "spark.jars.packages": ",".join(coordinates)}, \
+            "lake.backend is spark (resolving the Delta jars through Ivy at start)"
+    return {}, (f"Spark's Delta jars are not cached in {jars.ivy_dir()} "
+                "(fetch them once with `python -m capmix.jars fetch`, which `make` runs)")
+
+
+def _merge_list(conf: dict[str, str], key: str, value: str) -> None:
+    """Add comma-separated `value` to `conf[key]` (a user's own jars/extensions stay)."""
+    have = [v for v in conf.get(key, "").split(",") if v]
+    conf[key] = ",".join(have + [v for v in value.split(",") if v and v not in have])
+
+
+def build_conf(cfg: SparkConfig, lake: LakeConfig | None = None) -> dict[str, str]:
     """The full Spark conf for a session capmix creates (pure: tested without a JVM)."""
     cores = _local_cores(cfg.master) if cfg.master.startswith("local") else 8
     conf = {
@@ -55,6 +85,12 @@ def build_conf(cfg: SparkConfig) -> dict[str, str]:
     if log4j.is_file():  # quiet startup; a user's own extraJavaOptions (cfg.conf) still win
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
     conf.update(cfg.conf)
+    delta, _ = delta_conf((lake or LakeConfig()).backend)
+    for key, value in delta.items():
+        if key in ("spark.jars", "spark.jars.packages", "spark.sql.extensions"):
+            _merge_list(conf, key, value)
+        else:
+            conf.setdefault(key, value)
     return conf
 
 
@@ -64,8 +100,11 @@ def active_session() -> "SparkSession | None":
     return SparkSession.getActiveSession()
 
 
-def get_or_create(cfg: SparkConfig) -> tuple["SparkSession", bool]:
-    """(session, created): the active session if there is one, else a new local/cluster one."""
+def get_or_create(cfg: SparkConfig, lake: LakeConfig | None = None
+                  ) -> tuple["SparkSession", bool]:
+    """(session, created): the active session if there is one, else a new local/cluster one
+    (with Spark's own Delta Lake loaded unless `lake.backend` is delta-rs or its jars are not
+    cached: `delta_conf`)."""
     from pyspark.sql import SparkSession
 
     spark = SparkSession.getActiveSession()
@@ -76,7 +115,7 @@ def get_or_create(cfg: SparkConfig) -> tuple["SparkSession", bool]:
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = SparkSession.builder
-        for key, value in build_conf(cfg).items():
+        for key, value in build_conf(cfg, lake).items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("ERROR")
@@ -91,9 +130,9 @@ def get_or_create(cfg: SparkConfig) -> tuple["SparkSession", bool]:
 
 
 @contextlib.contextmanager
-def session(cfg: SparkConfig) -> Iterator["SparkSession"]:
+def session(cfg: SparkConfig, lake: LakeConfig | None = None) -> Iterator["SparkSession"]:
     """A session for the duration of a command; stopped only if this call created it."""
-    spark, created = get_or_create(cfg)
+    spark, created = get_or_create(cfg, lake)
     try:
         yield spark
     finally:

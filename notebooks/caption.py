@@ -47,7 +47,7 @@ cfg = load_config(config, {
     "caption.min_length": int(params["min_length"]),
     "caption.max_length": int(params["max_length"]), "caption.seed": int(params["seed"]),
     "caption.batch_size": int(params["batch_size"]) if params["batch_size"] else None})
-spark, _ = get_or_create(cfg.spark)
+spark, _ = get_or_create(cfg.spark, cfg.lake)
 
 # COMMAND ----------
 

@@ -37,7 +37,7 @@ cfg = load_config(config, {
     "cluster.reference_images": params["reference_images"] or None,
     "cluster.reference_table": params["reference_table"] or None,
     "cluster.scorer": params["scorer"] or None})
-spark, _ = get_or_create(cfg.spark)
+spark, _ = get_or_create(cfg.spark, cfg.lake)
 
 # COMMAND ----------
 

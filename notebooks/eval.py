@@ -35,7 +35,7 @@ config = preset(params["config"])  # conf/databricks.yaml on Databricks
 cfg = load_config(config, {"lake.path": params["lake"] or None,
                            "eval.classnames": params["classnames"] or None,
                            "eval.templates": params["templates"] or None})
-spark, _ = get_or_create(cfg.spark)
+spark, _ = get_or_create(cfg.spark, cfg.lake)
 
 # COMMAND ----------
 

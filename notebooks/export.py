@@ -40,7 +40,7 @@ cfg = load_config(config, {
     "export.row_group_mb": float(params["row_group_mb"]) if params["row_group_mb"] else None,
     "export.min_files": int(params["min_files"]) if params["min_files"] else None,
 })
-spark, _ = get_or_create(cfg.spark)  # the notebook's session on Databricks
+spark, _ = get_or_create(cfg.spark, cfg.lake)  # the notebook's session on Databricks
 
 # COMMAND ----------
 

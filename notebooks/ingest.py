@@ -32,7 +32,7 @@ from jobs.ingest import run  # noqa: E402
 config = preset(params["config"])  # conf/databricks.yaml on Databricks
 overrides = {"lake.path": params["lake"] or None}
 cfg = load_config(config, overrides)
-spark, _ = get_or_create(cfg.spark)  # the notebook's session on Databricks
+spark, _ = get_or_create(cfg.spark, cfg.lake)  # the notebook's session on Databricks
 
 # COMMAND ----------
 

@@ -37,7 +37,7 @@ from jobs.mix import run  # noqa: E402
 
 config = preset(params["config"])  # conf/databricks.yaml on Databricks
 cfg = load_config(config, {"lake.path": params["lake"] or None})
-spark, _ = get_or_create(cfg.spark)  # the notebook's session on Databricks
+spark, _ = get_or_create(cfg.spark, cfg.lake)  # the notebook's session on Databricks
 
 # COMMAND ----------
 

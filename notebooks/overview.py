@@ -53,7 +53,7 @@ from jobs.sql import query_text, run  # noqa: E402
 
 config = preset(params["config"])  # conf/databricks.yaml on Databricks
 cfg = load_config(config, {"lake.path": params["lake"] or None})
-spark, _ = get_or_create(cfg.spark)
+spark, _ = get_or_create(cfg.spark, cfg.lake)
 scorer = params["scorer"] or cfg.score.scorer
 
 

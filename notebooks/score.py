@@ -37,7 +37,7 @@ cfg = load_config(config, {
     "score.captioners": [c.strip() for c in params["captioners"].split(",") if c.strip()],
     "score.raw": params["raw"].strip().lower() in ("true", "1", "yes"),
     "score.batch_size": int(params["batch_size"]) if params["batch_size"] else None})
-spark, _ = get_or_create(cfg.spark)
+spark, _ = get_or_create(cfg.spark, cfg.lake)
 
 # COMMAND ----------
 

@@ -36,7 +36,7 @@ cfg = load_config(config, {
     "stats.report_dir": params["report_dir"],
     "stats.subset_sizes": [int(s) for s in params["subset_sizes"].split(",") if s.strip()],
     "stats.datasets": [d for d in params["datasets"].split(",") if d.strip()]})
-spark, _ = get_or_create(cfg.spark)
+spark, _ = get_or_create(cfg.spark, cfg.lake)
 
 # COMMAND ----------
 

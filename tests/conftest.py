@@ -22,7 +22,12 @@ def spark():
     from capmix.config import SparkConfig
     from capmix.spark import get_or_create
 
+    from capmix.lake import spark_has_delta
+
     session, created = get_or_create(SparkConfig(**TEST_SPARK))
+    # Spark's own Delta Lake is the default lake: the suite tests it, never silently without.
+    assert spark_has_delta(session), \
+        "the test session has no Delta Lake: fetch its jars first (python -m capmix.jars fetch)"
     yield session
     if created:
         session.stop()

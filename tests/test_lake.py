@@ -1,4 +1,5 @@
-"""The lake on real Spark and real Delta tables (delta-rs backend, the embedded default)."""
+"""The lake contract on real Spark and real Delta tables, once per backend: Spark's own Delta
+Lake (the default) and delta-rs (the fallback). Tables written by either are read by the other."""
 import json
 from pathlib import Path
 
@@ -6,7 +7,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from capmix.errors import CapmixError, InputError
-from capmix.lake import is_catalog
+from capmix.lake import Txn, is_catalog
+
+BACKENDS = ("spark", "delta-rs")
+
+
+def open_backend(spark, path, backend):
+    from capmix.config import from_dict
+    from capmix.lake import open_lake
+
+    return open_lake(spark, from_dict({"lake": {"path": str(path), "backend": backend}}).lake)
+
+
+@pytest.fixture(params=BACKENDS)
+def lake(request, spark, tmp_path):
+    return open_backend(spark, tmp_path / "lake", request.param)
 
 SCHEMA = "uid string, text string, image binary"
 
@@ -99,7 +114,47 @@ def test_deltalake_reads_what_spark_wrote(spark, lake):
     assert sorted(table.column("uid").to_pylist()) == ["a", "b"]
 
 
-def test_failed_commit_leaves_table_at_previous_version(spark, lake, monkeypatch):
+@pytest.mark.parametrize("writer,reader", [("spark", "delta-rs"), ("delta-rs", "spark")])
+def test_each_backend_reads_and_extends_the_others_tables(spark, tmp_path, writer, reader):
+    first = open_backend(spark, tmp_path / "l", writer)
+    second = open_backend(spark, tmp_path / "l", reader)
+    first.append("t", rows(spark, ("a", "x", b"1")), Txn("capmix:test", 0))
+    assert second.exists("t") and contents(second) == [("a", "x")]
+    assert second.txn_version("t", "capmix:test") == 0
+    assert second.append("t", rows(spark, ("a", "x", b"1")), Txn("capmix:test", 0)) is None
+    assert second.append("t", rows(spark, ("b", "y", b"2")), Txn("capmix:test", 1)) == 1
+    second.merge("t", rows(spark, ("c", "z", b"3")), ["uid"])
+    assert contents(first) == [("a", "x"), ("b", "y"), ("c", "z")]
+    assert first.txn_version("t", "capmix:test") == 1 and first.version("t") == 2
+
+
+def test_txn_append_is_idempotent(spark, lake):
+    app = "capmix:caption:test"
+    assert lake.txn_version("t", app) is None
+    assert lake.append("t", rows(spark, ("a", "x", b"1")), Txn(app, 0)) == 1
+    # A chunk replayed after its commit (same app id and version) adds nothing, and neither
+    # does an older version; the next version commits.
+    assert lake.append("t", rows(spark, ("a", "x", b"1")), Txn(app, 0)) is None
+    assert lake.append("t", rows(spark, ("b", "y", b"2")), Txn(app, 1)) == 1
+    assert lake.append("t", rows(spark, ("z", "old", b"9")), Txn(app, 0)) is None
+    assert lake.txn_version("t", app) == 1 and lake.version("t") == 1
+    assert contents(lake) == [("a", "x"), ("b", "y")]
+    # Another app id has its own sequence.
+    assert lake.append("t", rows(spark, ("c", "z", b"3")), Txn("capmix:other", 0)) == 1
+    assert lake.txn_version("t", app) == 1 and lake.txn_version("t", "capmix:other") == 0
+
+
+def test_delete_matching_rewrites_only_what_matches(spark, lake):
+    lake.append("t", rows(spark, ("a", "x", b"1"), ("a", "y", b"1"), ("b", None, b"2")))
+    lake.append("t", rows(spark, ("c", "z", b"3")))
+    keys = spark.createDataFrame([("a", "y"), ("b", None), ("q", "none")], "uid string, text string")
+    assert lake.delete_matching("t", keys, ["uid", "text"]) == 2
+    assert contents(lake) == [("a", "x"), ("c", "z")]
+    assert lake.delete_matching("t", keys, ["uid", "text"]) == 0
+
+
+def test_failed_commit_leaves_table_at_previous_version(spark, tmp_path, monkeypatch):
+    lake = open_backend(spark, tmp_path / "l", "delta-rs")
     lake.append("t", rows(spark, ("a", "x", b"1")))
     from deltalake import DeltaTable
 
@@ -130,11 +185,13 @@ def test_empty_writes_and_missing_tables(spark, lake):
         lake.require("t", "nope")
 
 
-def test_views_and_renamed_tables(spark, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_and_renamed_tables(spark, tmp_path, backend):
     from capmix.config import from_dict
     from capmix.lake import open_lake
 
-    cfg = from_dict({"lake": {"path": str(tmp_path / "l"), "tables": {"pool": "pool_v2"}}})
+    cfg = from_dict({"lake": {"path": str(tmp_path / "l"), "tables": {"pool": "pool_v2"},
+                              "backend": backend}})
     lake = open_lake(spark, cfg.lake)
     lake.append("pool", rows(spark, ("a", "x", b"1")))
     assert lake.tables() == ["pool_v2"]
@@ -149,6 +206,21 @@ def test_catalog_names_and_backend_errors(spark, tmp_path):
     assert is_catalog("main.capmix") and not is_catalog("lake")
     assert not is_catalog("./lake") and not is_catalog("s3://b/lake")
     with pytest.raises(InputError, match="catalog"):
-        open_lake(spark, from_dict({"lake": {"path": "main.capmix"}}).lake)
+        open_lake(spark, from_dict({"lake": {"path": "main.capmix", "backend": "delta-rs"}}).lake)
     with pytest.raises(InputError, match="object stores"):
-        open_lake(spark, from_dict({"lake": {"path": "s3://bucket/lake"}}).lake)
+        open_lake(spark, from_dict({"lake": {"path": "s3://bucket/lake",
+                                             "backend": "delta-rs"}}).lake)
+
+
+def test_default_backend_is_sparks_delta_and_says_why(spark, tmp_path, caplog):
+    import logging
+
+    from capmix import lake as lake_module
+
+    lake_module._announced.clear()
+    with caplog.at_level(logging.INFO, logger="capmix"):
+        lake = open_backend(spark, tmp_path / "l", "auto")
+        open_backend(spark, tmp_path / "l2", "auto")
+    assert lake.backend == "spark"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lake:")]
+    assert lines == ["lake: Spark's Delta Lake (the session has Delta)"]

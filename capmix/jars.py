@@ -1,0 +1,134 @@
+"""Spark's own Delta Lake (and later other JVM packages): fetched once, then loaded from disk.
+
+    python -m capmix.jars fetch          # `make` runs this once: resolves through Maven Central
+    python -m capmix.jars show           # what is cached, and the `spark.jars` a session gets
+
+Why not `spark.jars.packages` on every session: Ivy then resolves on each start (a second of
+network checks, and a page of resolution output on the console), and a machine without a
+repository fails at start. Here `fetch` asks Spark's own Ivy to resolve the packages once (so
+transitive jars and versions are Spark's choice) and records the resolved jar files in a
+manifest beside Ivy's cache; a session capmix builds then lists those files in `spark.jars` and
+starts with no resolution at all. Nothing here runs during a test.
+
+The Delta version follows the installed `delta-spark` Python package (its jar and its Python API
+must match), which follows pyspark's minor version (delta-spark 4.0.x <-> pyspark 4.0.x).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger("capmix")
+
+DELTA_EXTENSIONS = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+MANIFEST = "capmix-jars.json"
+
+
+def delta_version() -> str:
+    """The delta-spark version whose jar matches the installed Python API."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("delta-spark")
+    except PackageNotFoundError:  # the jar alone: the line that matches pyspark's minor
+        import pyspark
+
+        major, minor = pyspark.__version__.split(".")[:2]
+        return f"{major}.{minor}.0"
+
+
+def scala_version() -> str:
+    return "2.13"  # Spark 4 is built for Scala 2.13 only
+
+
+def delta_coordinates() -> list[str]:
+    return [f"io.delta:delta-spark_{scala_version()}:{delta_version()}"]
+
+
+def ivy_dir() -> Path:
+    """Ivy's folder as Spark uses it (`spark.jars.ivy`, default ~/.ivy2.5.2 in Spark 4)."""
+    configured = os.environ.get("CAPMIX_IVY_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".ivy2.5.2"
+
+
+def _manifest_path() -> Path:
+    return ivy_dir() / MANIFEST
+
+
+def _read_manifest() -> dict[str, list[str]]:
+    try:
+        return json.loads(_manifest_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_jars(coordinates: Sequence[str]) -> Optional[list[str]]:
+    """The jar files resolved for `coordinates` by an earlier `fetch`, or None if any is
+    missing from the cache (then Spark would have to resolve them now)."""
+    manifest = _read_manifest()
+    jars: list[str] = []
+    for coordinate in coordinates:
+        files = manifest.get(coordinate)
+        if not files or not all(Path(f).is_file() for f in files):
+            return None
+        jars.extend(f for f in files if f not in jars)
+    return jars
+
+
+def fetch(coordinates: Sequence[str]) -> dict[str, list[str]]:
+    """Resolve `coordinates` through Spark's Ivy (downloading what is missing) and record the
+    resolved jar files per coordinate. Starts and stops one short-lived local session each."""
+    from pyspark.sql import SparkSession
+
+    manifest = _read_manifest()
+    for coordinate in coordinates:
+        if cached_jars([coordinate]) is not None:
+            continue
+        spark = (SparkSession.builder.master("local[1]").appName("capmix-fetch-jars")
+                 .config("spark.jars.packages", coordinate)
+                 .config("spark.jars.ivy", str(ivy_dir()))
+                 .config("spark.ui.enabled", "false").getOrCreate())
+        try:
+            resolved = spark.sparkContext.getConf().get("spark.jars", "")
+        finally:
+            spark.stop()
+        files = [_local_file(uri) for uri in resolved.split(",") if uri.strip()]
+        if not files:
+            raise RuntimeError(f"Spark resolved no jar for {coordinate}")
+        manifest[coordinate] = files
+        ivy_dir().mkdir(parents=True, exist_ok=True)
+        _manifest_path().write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return {c: manifest[c] for c in coordinates}
+
+
+def _local_file(uri: str) -> str:
+    from urllib.parse import unquote, urlparse
+
+    uri = uri.strip()
+    return unquote(urlparse(uri).path) if uri.startswith("file:") else uri
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m capmix.jars", description=__doc__.split(
+        "\n")[0])
+    parser.add_argument("action", choices=["fetch", "show"])
+    args = parser.parse_args(argv)
+    coordinates = delta_coordinates()
+    if args.action == "fetch":
+        for coordinate, files in fetch(coordinates).items():
+            print(f"{coordinate}: {len(files)} jar(s) in {ivy_dir()}")
+        return 0
+    jars = cached_jars(coordinates)
+    print(f"{', '.join(coordinates)}: " + ("not cached (run: python -m capmix.jars fetch)"
+                                           if jars is None else ",".join(jars)))
+    return 0 if jars is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
