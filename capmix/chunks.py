@@ -1,40 +1,60 @@
-"""The chunk driver of the model stages: pending work, grouped by the data files of the input
-table, processed one chunk at a time, each chunk one atomic lake commit.
+"""The chunk driver of the model stages: pending work decided once per run, processed one chunk
+at a time, each chunk one atomic, idempotent append.
 
-Why by file: a chunk must read only its own rows. Spark prunes files on `_metadata.file_path`
-filters, so a chunk made of whole input files reads those files and nothing else, and the pool
-(images: the big column) is read once over the whole run however many chunks there are. A file
-holding more than `chunk_rows` pending rows is split into hash parts of its uids (each part
-re-reads that one file).
+Cost that grows linearly with the pool (a 1B-row run plans thousands of chunks):
+- Planning runs once per run: one aggregation over the input's key columns (never the image
+  column) and the output table's keys. Nothing is re-planned per chunk.
+- A chunk is a set of whole data files of the input table (or a hash part of one big file).
+  Spark prunes files on `_metadata.file_path` filters, so a chunk reads its own files and
+  nothing else: the pool is read once over the whole run, however many chunks there are.
+- Files whose rows are all pending need no per-row filter. The pending keys of the other files
+  (partly done, e.g. a hash part committed before a kill) and any per-row work the stage needs
+  (the texts to score) are staged once, at planning, as parquet partitioned by chunk under the
+  lake's work folder: a chunk reads its own partition, never the whole output table.
+- A chunk commits as an append carrying a Delta transaction identifier (`Fence`): one app id
+  per stage and label, consecutive versions. No anti-join against the output table.
 
-What is pending is decided by an anti-join on the output table's key, so a re-run, or a run
-resumed after a kill, skips every committed chunk; writes are insert-missing merges, so a chunk
-that is redone (killed after Spark wrote its files, before the commit) adds each key once.
+Exactly-once: a chunk's commit is atomic, so after a kill the next run's plan sees each chunk
+either committed (not pending) or not at all. Two runs of one stage at once read the same fence
+version before planning; the first commit of a version wins and the other run's append of that
+version is skipped by Delta or conflicts, which stops that run with ConflictError (exit code 2)
+before it commits anything its plan shares with the winner's.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
+from capmix.errors import ConflictError
 from capmix.progress import Progress
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from capmix.lake import Lake
+
 log = logging.getLogger("capmix")
 FILE_COLUMN = "__capmix_file"
+CHUNK_COLUMN = "__capmix_chunk"
+STALE_STAGING_S = 12 * 3600
 
 
 @dataclass(frozen=True)
 class Chunk:
+    index: int
     files: tuple[str, ...]
     rows: int                              # pending rows it holds (its weight)
     part: Optional[tuple[int, int]] = None  # (k, m): only uids with pmod(xxhash64(uid), m) = k
+    keyed: tuple[str, ...] = ()             # its partly done files: use their staged keys
     # Per-file side counts the caller passed to `plan`, summed over the chunk's files (a hash
-    # part gets its whole file's counts: an upper bound).
+    # part gets its share, rounded up).
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def select(self, df: "DataFrame") -> "DataFrame":
@@ -46,6 +66,21 @@ class Chunk:
             k, m = self.part
             cond = cond & (F.pmod(F.xxhash64("uid"), F.lit(m)) == F.lit(k))
         return df.where(cond)
+
+    def pending(self, df: "DataFrame", keys: "DataFrame") -> "DataFrame":
+        """`select(df)`, where rows of the partly done files must also be in `keys` (a small
+        staged frame with uid): a broadcast left join, so no row of `df` is shuffled. The
+        columns of `keys` come along (NULL for rows of the other files)."""
+        from pyspark.sql import functions as F
+
+        rows = self.select(df)
+        if not self.keyed:
+            return rows
+        marked = keys.withColumn("__capmix_pending", F.lit(True))
+        return (rows.join(F.broadcast(marked), "uid", "left")
+                .where(~F.col(FILE_COLUMN).isin(list(self.keyed))
+                       | F.col("__capmix_pending").isNotNull())
+                .drop("__capmix_pending"))
 
 
 def with_file(df: "DataFrame") -> "DataFrame":
@@ -60,20 +95,27 @@ def with_file(df: "DataFrame") -> "DataFrame":
 
 
 def plan(counts: Sequence[tuple[str, int]], chunk_rows: int,
-         extra: Optional[dict[str, dict[str, int]]] = None) -> list[Chunk]:
+         extra: Optional[dict[str, dict[str, int]]] = None,
+         keyed: Iterable[str] = ()) -> list[Chunk]:
     """Group files (with their pending row counts) into chunks of about `chunk_rows` rows, in
-    file order, so a re-run plans the same chunks over the same pending work. Pure."""
+    file order, so a re-run plans the same chunks over the same pending work. `keyed` names
+    the files whose pending rows are a subset (their keys are staged). Pure."""
     extra = extra or {}
+    keyed = set(keyed)
     chunks: list[Chunk] = []
     files: list[str] = []
     rows = 0
 
-    def summed(names) -> dict:
+    def summed(names, share: int = 1) -> dict:
         out: dict[str, int] = {}
         for name in names:
             for key, value in extra.get(name, {}).items():
-                out[key] = out.get(key, 0) + value
+                out[key] = out.get(key, 0) + math.ceil(value / share)
         return out
+
+    def close() -> None:
+        chunks.append(Chunk(len(chunks), tuple(files), rows, None,
+                            tuple(f for f in files if f in keyed), summed(files)))
 
     for name, n in sorted(counts):
         if n <= 0:
@@ -81,16 +123,89 @@ def plan(counts: Sequence[tuple[str, int]], chunk_rows: int,
         if n > chunk_rows:
             parts = math.ceil(n / chunk_rows)
             for k in range(parts):
-                chunks.append(Chunk((name,), math.ceil(n / parts), (k, parts), summed([name])))
+                chunks.append(Chunk(len(chunks), (name,), math.ceil(n / parts), (k, parts),
+                                    (name,) if name in keyed else (), summed([name], parts)))
             continue
         if rows + n > chunk_rows and files:
-            chunks.append(Chunk(tuple(files), rows, None, summed(files)))
+            close()
             files, rows = [], 0
         files.append(name)
         rows += n
     if files:
-        chunks.append(Chunk(tuple(files), rows, None, summed(files)))
+        close()
     return chunks
+
+
+def assign(spark: "SparkSession", df: "DataFrame", chunks: Sequence[Chunk]) -> "DataFrame":
+    """`df` (uid, FILE_COLUMN, ...) restricted to the planned chunks, with CHUNK_COLUMN: a
+    broadcast join with the (file, part) -> chunk map, so no row of `df` is shuffled."""
+    from pyspark.sql import functions as F
+
+    table = [(f, c.part[0] if c.part else 0, c.part[1] if c.part else 0, c.index)
+             for c in chunks for f in c.files]
+    if not table:
+        return df.where(F.lit(False)).withColumn(CHUNK_COLUMN, F.lit(0))
+    mapping = spark.createDataFrame(table, f"{FILE_COLUMN}_m string, __k int, __m int, "
+                                           f"{CHUNK_COLUMN} int")
+    on = (F.col(FILE_COLUMN) == F.col(f"{FILE_COLUMN}_m")) & (
+        (F.col("__m") == 0) | (F.pmod(F.xxhash64("uid"), F.col("__m")) == F.col("__k")))
+    return (df.join(F.broadcast(mapping), on, "inner")
+            .drop(f"{FILE_COLUMN}_m", "__k", "__m"))
+
+
+class Staging:
+    """One run's staged per-chunk work: parquet partitioned by chunk under the lake's work
+    folder, written once at planning, read one partition per chunk, removed at the end."""
+
+    def __init__(self, spark: "SparkSession", lake: "Lake", stage: str, label: str):
+        self.spark = spark
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stage}-{label}")
+        self.root = lake.work_dir(safe)
+        self.path = f"{self.root}/run-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.chunks: set[int] = set()
+        _remove_stale(spark, self.root)
+
+    def write(self, df: "DataFrame") -> set[int]:
+        """Stage `df` (with CHUNK_COLUMN); returns the chunks that got rows."""
+        (df.repartition(CHUNK_COLUMN).write.mode("overwrite").partitionBy(CHUNK_COLUMN)
+         .parquet(self.path))
+        self.chunks = {int(name.split("=", 1)[1]) for name in _list(self.spark, self.path)
+                       if name.startswith(f"{CHUNK_COLUMN}=")}
+        return self.chunks
+
+    def read(self, chunk: Chunk, schema: str) -> "DataFrame":
+        """The chunk's staged rows (an empty frame of `schema` when it has none)."""
+        if chunk.index not in self.chunks:
+            return self.spark.createDataFrame([], schema)
+        return self.spark.read.schema(schema).parquet(
+            f"{self.path}/{CHUNK_COLUMN}={chunk.index}")
+
+    def remove(self) -> None:
+        _remove(self.spark, self.path)
+
+
+class Fence:
+    """The exactly-once writer of one stage and label into one table: appends with consecutive
+    transaction versions of one app id. Construct it BEFORE planning reads the table, so any
+    chunk another run commits after that read takes a version this run also needs."""
+
+    def __init__(self, lake: "Lake", table: str, app_id: str):
+        from capmix.lake import Txn
+
+        self.lake, self.table, self.app_id = lake, table, app_id
+        recorded = lake.txn_version(table, app_id)
+        self.next = 0 if recorded is None else recorded + 1
+        self._txn = Txn
+
+    def append(self, df: "DataFrame") -> int:
+        rows = self.lake.append(self.table, df, self._txn(self.app_id, self.next))
+        if rows is None:
+            raise ConflictError(
+                f"table {self.table!r}: another run of the same stage committed step "
+                f"{self.next} of {self.app_id!r} first; this run stopped without committing "
+                "it (no row is lost or duplicated); re-run to finish the work")
+        self.next += 1
+        return rows
 
 
 def spread(spark: "SparkSession", df: "DataFrame", partitions: int | None) -> "DataFrame":
@@ -145,3 +260,50 @@ def run(label: str, chunks: Sequence[Chunk], work: Callable[[Chunk], int], unit:
     summary.seconds = time.monotonic() - started
     log.info(summary.line())
     return summary
+
+
+# -- the work folder (local paths directly; URIs through the session's Hadoop file system) ----
+
+def _local(uri: str) -> Optional[str]:
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(uri).path)
+    return None if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", uri) else uri
+
+
+def _hadoop(spark: "SparkSession", uri: str):
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path, path.getFileSystem(spark._jsc.hadoopConfiguration())
+
+
+def _list(spark: "SparkSession", uri: str) -> list[str]:
+    local = _local(uri)
+    if local is not None:
+        return sorted(os.listdir(local)) if os.path.isdir(local) else []
+    path, fs = _hadoop(spark, uri)
+    if not fs.exists(path):
+        return []
+    return sorted(s.getPath().getName() for s in fs.listStatus(path))
+
+
+def _remove(spark: "SparkSession", uri: str) -> None:
+    local = _local(uri)
+    if local is not None:
+        shutil.rmtree(local, ignore_errors=True)
+        return
+    path, fs = _hadoop(spark, uri)
+    fs.delete(path, True)
+
+
+def _remove_stale(spark: "SparkSession", root: str) -> None:
+    """Staging left by runs that were killed long ago (a live concurrent run's is recent)."""
+    local = _local(root)
+    if local is None or not os.path.isdir(local):
+        return  # object stores: expire `_capmix_work` with a lifecycle rule instead
+    cutoff = time.time() - STALE_STAGING_S
+    for name in os.listdir(local):
+        path = os.path.join(local, name)
+        if name.startswith("run-") and os.path.getmtime(path) < cutoff:
+            shutil.rmtree(path, ignore_errors=True)

@@ -3,8 +3,10 @@
     capmix caption --captioner tiny-coca --samples 2
     capmix caption --captioner blip2-opt-2.7b --temperature 0.75 --samples 1      # on GPUs
 
-Resumable and exactly-once: the pool is processed in chunks of whole data files, each chunk one
-atomic commit; a re-run (or a run after a kill) skips the uids whose captions are all there.
+Resumable and exactly-once (capmix/chunks.py): pending images are decided once per run from the
+key columns of `pool` and `captions`; the pool is processed in chunks of whole data files, each
+chunk one append with a Delta transaction id; a re-run (or a run after a kill) skips the uids
+whose captions are all there, and adds only the missing samples of partly captioned ones.
 Images in error (status != 'ok') are skipped and left as they are. Every row records the model,
 prompt and sampling settings it was made with, and its own seed, so it can be reproduced.
 """
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from udfs.caption import CaptionTask
 
 USABLE = "status = 'ok' AND image IS NOT NULL"
+KEYS_SCHEMA = f"uid STRING, have ARRAY<INT>, {chunks.CHUNK_COLUMN} INT"
 SETTINGS = ("model", "prompt", "temperature", "top_k", "min_length", "max_length")
 
 
@@ -91,53 +94,75 @@ def check_settings(lake: Lake, cfg: Config) -> None:
                          "give this run its own --name")
 
 
-def done_uids(spark: "SparkSession", lake: Lake, cfg: Config) -> "DataFrame":
-    """uids that already have every sample of this run's captioner label."""
+def existing_samples(spark: "SparkSession", lake: Lake, cfg: Config) -> "DataFrame":
+    """(uid, have: samples of this run's label already stored), keys only."""
     from pyspark.sql import functions as F
 
     c = cfg.caption
     if not lake.exists("captions"):
-        return spark.createDataFrame([], "uid STRING")
-    have = lake.read("captions").where(
-        (F.col("captioner") == c.label) & (F.col("sample") < c.samples))
-    return have.groupBy("uid").agg(F.countDistinct("sample").alias("n")).where(
-        F.col("n") == c.samples).select("uid")
+        return spark.createDataFrame([], "uid STRING, have ARRAY<INT>")
+    return (lake.read("captions")
+            .where((F.col("captioner") == c.label) & (F.col("sample") < c.samples))
+            .groupBy("uid").agg(F.collect_set("sample").alias("have")))
 
 
-def plan(pool: "DataFrame", done: "DataFrame", chunk_rows: int) -> tuple[list, int, int]:
-    """(chunks of pending images, images already done, pool rows skipped): one aggregation."""
+def plan(spark: "SparkSession", pool: "DataFrame", have: "DataFrame", samples: int,
+         chunk_rows: int) -> tuple[list, int, int, "DataFrame"]:
+    """(chunks of pending images, images already done, pool rows skipped, pending keys of
+    partly done files): one aggregation over key columns (status, uid, file; no image)."""
     from pyspark.sql import functions as F
 
-    flags = (pool.select("uid", chunks.FILE_COLUMN, F.expr(USABLE).alias("usable"))
-             .join(done.withColumn("done", F.lit(True)), "uid", "left"))
-    rows = flags.groupBy(chunks.FILE_COLUMN, "usable", "done").count().collect()
-    pending = [(r[0], r["count"]) for r in rows if r["usable"] and not r["done"]]
-    already = sum(r["count"] for r in rows if r["usable"] and r["done"])
-    skipped = sum(r["count"] for r in rows if not r["usable"])
-    return chunks.plan(pending, chunk_rows), already, skipped
+    n_have = F.coalesce(F.size("have"), F.lit(0))
+    flags = (pool.select("uid", chunks.FILE_COLUMN, (F.col("status") == "ok").alias("usable"))
+             .join(have, "uid", "left"))
+    per_file = flags.groupBy(chunks.FILE_COLUMN, "usable").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.when(n_have < samples, 1).otherwise(0)).alias("pending"),
+        F.sum(F.when(n_have > 0, 1).otherwise(0)).alias("started")).collect()
+    usable = [r for r in per_file if r["usable"]]
+    keyed = {r[0] for r in usable if r["started"] and r["pending"]}
+    todo = chunks.plan([(r[0], r["pending"]) for r in usable], chunk_rows, keyed=keyed)
+    already = sum(r["rows"] - r["pending"] for r in usable)
+    skipped = sum(r["rows"] for r in per_file if not r["usable"])
+    partial = flags.where(F.col("usable") & F.col(chunks.FILE_COLUMN).isin(list(keyed))
+                          & (n_have < samples)).select("uid", chunks.FILE_COLUMN, "have")
+    return todo, already, skipped, partial
 
 
 def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     """Caption the pool's pending images; returns the run summary (also logged)."""
+    from pyspark.sql import functions as F
+
     c = cfg.caption
     lake = open_lake(spark, cfg.lake)
     lake.require("pool")
     check_settings(lake, cfg)
+    fence = chunks.Fence(lake, "captions", f"capmix:caption:{c.label}")  # before planning
     pool = chunks.with_file(lake.read("pool"))
-    done = done_uids(spark, lake, cfg)
-    todo, already, skipped = plan(pool, done, c.chunk_rows)
+    todo, already, skipped, partial = plan(spark, pool, existing_samples(spark, lake, cfg),
+                                           c.samples, c.chunk_rows)
+    staging = chunks.Staging(spark, lake, "caption", c.label)
+    if any(chunk.keyed for chunk in todo):
+        staging.write(chunks.assign(spark, partial, todo).drop(chunks.FILE_COLUMN))
 
     def work(chunk: chunks.Chunk) -> int:
-        images = chunk.select(pool.where(USABLE)).join(done, "uid", "left_anti")
-        images = chunks.spread(spark, images.select("uid", "image"), c.partitions)
-        # A chunk's rows are unique by construction: order_by=() makes the merge's dedupe a
-        # cheap hash guard instead of a sort over every column.
-        written = lake.merge("captions", caption_rows(spark, cfg, images), CAPTIONS.keys,
-                             order_by=())
-        return written // c.samples
+        keys = staging.read(chunk, KEYS_SCHEMA).drop(chunks.CHUNK_COLUMN)
+        images = chunk.pending(pool.where(USABLE), keys)
+        out = caption_rows(spark, cfg, chunks.spread(spark, images.select("uid", "image"),
+                                                     c.partitions))
+        if chunk.keyed:  # partly captioned images: only the samples not stored yet
+            have = F.broadcast(keys.where(F.col("have").isNotNull()))
+            stored = F.array_contains(F.coalesce("have", F.array().cast("array<int>")),
+                                      F.col("sample"))
+            out = out.join(have, "uid", "left").where(~stored).drop("have")
+        # Images done: captions written / samples (exact unless `samples` grew since).
+        return fence.append(out) // c.samples
 
-    return chunks.run(f"caption {c.label}", todo, work, unit="images", already=already,
-                      skipped=skipped, extra={"captions per image": c.samples})
+    try:
+        return chunks.run(f"caption {c.label}", todo, work, unit="images", already=already,
+                          skipped=skipped, extra={"captions per image": c.samples})
+    finally:
+        staging.remove()
 
 
 # -- command line -----------------------------------------------------------------------------
