@@ -5,10 +5,11 @@ scorer; normalised, computed once per image) and `scores` (uid, source, scorer),
     capmix score --scorer tiny-clip
     capmix score --scorer vit-l-14 --captioners blip2-opt-2.7b          # on GPUs
 
-Resumable and exactly-once like `caption`: chunks of whole pool files; per chunk one pass of
-the model (a pandas UDF that embeds each pending image once and scores its pending texts against
-that vector, or against the stored one for images embedded by an earlier run), then two atomic
-commits, embeddings first, scores second; re-runs skip what is stored (anti-joins on both keys).
+Resumable and exactly-once like `caption` (capmix/chunks.py): the run's pending work (images
+to embed, texts to score, per uid) is decided once, from key and text columns, and staged per
+chunk; per chunk one pass of the model (a pandas UDF that embeds each pending image once and
+scores its pending texts against that vector, or against the stored one for images embedded
+before: then no image byte is read), then two txn-id appends, embeddings first, scores second.
 Images in error, NULL raw texts and NULL captions are skipped.
 
 For other stages: `embed_images(spark, cfg, df[uid, image])` and `embed_texts(spark, cfg,
@@ -86,54 +87,77 @@ def _done(spark: "SparkSession", lake: Lake, table: str, scorer: str, cols: list
     from pyspark.sql import functions as F
 
     if not lake.exists(table):
-        return spark.createDataFrame([], ", ".join(f"{c} STRING" for c in cols))
+        from capmix.tables import SPECS
+
+        return spark.createDataFrame([], SPECS[table].schema()).select(*cols)
     return lake.read(table).where(F.col("scorer") == scorer).select(*cols)
 
 
-def plan(pool: "DataFrame", emb_done: "DataFrame", texts: "DataFrame", chunk_rows: int):
-    """(chunks weighted by pending images + texts, images embedded before, skipped pool rows).
-    A chunk's extra["reuse"] counts pending texts of images embedded earlier: only then are
-    stored vectors read back."""
-    from pyspark.sql import functions as F
-
-    per_uid = texts.groupBy("uid").agg(F.count(F.lit(1)).alias("texts"))
-    flags = (pool.select("uid", chunks.FILE_COLUMN, F.expr(USABLE).alias("usable"))
-             .join(emb_done.withColumn("embedded", F.lit(1)), "uid", "left")
-             .join(per_uid, "uid", "left"))
-    texts_n = F.coalesce("texts", F.lit(0))
-    rows = flags.groupBy(chunks.FILE_COLUMN, "usable").agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.sum(F.when(F.col("embedded").isNull(), 1).otherwise(0)).alias("images"),
-        F.sum(F.when(F.col("embedded").isNull(), 0).otherwise(1)).alias("embedded"),
-        F.sum(texts_n).alias("texts"),
-        F.sum(F.when(F.col("embedded").isNull(), 0).otherwise(texts_n)).alias("reuse")).collect()
-    usable = [r for r in rows if r["usable"]]
-    pending = [(r[0], int(r["images"] or 0) + int(r["texts"] or 0)) for r in usable]
-    extra = {r[0]: {"reuse": int(r["reuse"] or 0)} for r in usable}
-    skipped = sum(r["rows"] for r in rows if not r["usable"])
-    already = sum(int(r["embedded"] or 0) for r in usable)
-    return chunks.plan(pending, chunk_rows, extra), already, skipped
+WORK_SCHEMA = ("uid STRING, embed BOOLEAN, texts ARRAY<STRUCT<source: STRING, text: STRING>>, "
+               f"stored_embedding ARRAY<FLOAT>, {chunks.CHUNK_COLUMN} INT")
 
 
-def chunk_work(spark: "SparkSession", cfg: Config, lake: Lake, mine: "DataFrame",
-               emb_done: "DataFrame", texts: "DataFrame", reuse: bool) -> "DataFrame":
-    """The UDF input of one chunk: images still to embed, or with texts still to score."""
+def plan(spark: "SparkSession", lake: Lake, cfg: Config, pool: "DataFrame"):
+    """Once per run, from key and text columns only (never the image): (chunks weighted by
+    pending images + texts, images embedded before, skipped pool rows, the per-uid work to
+    stage: uid, file, embed, texts to score, and the stored vector of images embedded before;
+    and the persisted frame behind it, to unpersist once staged)."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     s = cfg.score
-    todo = (texts.join(mine.select("uid"), "uid", "left_semi").groupBy("uid")
-            .agg(F.collect_list(F.struct("source", "text")).alias("texts")))
-    work = (mine.select("uid", "image")
-            .join(emb_done.withColumn("embedded", F.lit(True)), "uid", "left")
-            .join(todo, "uid", "left")
-            .where(F.col("embedded").isNull() | F.col("texts").isNotNull()))
-    if reuse:  # texts of images embedded by an earlier run: score them with the stored vector
-        stored = _done(spark, lake, "image_embeddings", s.scorer, ["uid", "embedding"])
-        work = work.join(stored.withColumnRenamed("embedding", "stored_embedding")
-                         .join(mine.select("uid"), "uid", "left_semi"), "uid", "left")
-    else:
-        work = work.withColumn("stored_embedding", F.lit(None).cast("array<float>"))
-    return chunks.spread(spark, work, s.partitions)
+    usable = pool.where(F.col("status") == "ok")
+    emb_done = _done(spark, lake, "image_embeddings", s.scorer, ["uid"])
+    texts = candidate_texts(spark, lake, cfg, usable).join(
+        _done(spark, lake, "scores", s.scorer, ["uid", "source"]), ["uid", "source"], "left_anti")
+    per_uid = texts.groupBy("uid").agg(
+        F.collect_list(F.struct("source", "text")).alias("texts"),
+        F.count(F.lit(1)).alias("n_texts"))
+    flags = (pool.select("uid", chunks.FILE_COLUMN, (F.col("status") == "ok").alias("usable"))
+             .join(emb_done.withColumn("embedded", F.lit(True)), "uid", "left")
+             .join(per_uid, "uid", "left")
+             .withColumn("embed", F.col("embedded").isNull())
+             .withColumn("n_texts", F.coalesce("n_texts", F.lit(0))))
+    # Kept for the staging write, which would otherwise read every input of the plan again.
+    flags = flags.persist(StorageLevel.MEMORY_AND_DISK)
+    rows = flags.groupBy(chunks.FILE_COLUMN, "usable").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.col("embed").cast("int")).alias("images"),
+        F.sum("n_texts").alias("texts"),
+        F.sum(F.when(F.col("embed"), 0).otherwise(F.col("n_texts"))).alias("reuse")).collect()
+    usable_files = [r for r in rows if r["usable"]]
+    pending = [(r[0], int(r["images"] or 0) + int(r["texts"] or 0)) for r in usable_files]
+    extra = {r[0]: {"reuse": int(r["reuse"] or 0)} for r in usable_files}
+    skipped = sum(r["rows"] for r in rows if not r["usable"])
+    already = sum(r["rows"] - int(r["images"] or 0) for r in usable_files)
+    todo = chunks.plan(pending, s.chunk_rows, extra)
+    work = flags.where(F.col("usable") & (F.col("embed") | (F.col("n_texts") > 0)))
+    stored = _done(spark, lake, "image_embeddings", s.scorer, ["uid", "embedding"])
+    reused = (work.where(~F.col("embed")).select("uid")
+              .join(stored, "uid", "inner").withColumnRenamed("embedding", "stored_embedding"))
+    work = (work.join(reused, "uid", "left")
+            .select("uid", chunks.FILE_COLUMN, "embed", "texts", "stored_embedding"))
+    return todo, already, skipped, work, flags
+
+
+def chunk_work(spark: "SparkSession", cfg: Config, usable: "DataFrame",
+               staged: "DataFrame", chunk: chunks.Chunk) -> "DataFrame":
+    """The UDF input of one chunk: its staged work, with image bytes only where an image is
+    to be embedded (a broadcast semi-join on the chunk's uids, then one shuffle)."""
+    from pyspark.sql import functions as F
+
+    s = cfg.score
+    staged = staged.drop(chunks.CHUNK_COLUMN)
+    need = staged.where("embed")
+    images = chunk.select(usable).select("uid", "image").join(
+        F.broadcast(need.select("uid")), "uid", "left_semi")
+    target = s.partitions or spark.sparkContext.defaultParallelism
+    # Both sides hash-partitioned on uid the same way: the join adds no second image shuffle.
+    with_images = (chunks.spread(spark, images, target)
+                   .join(need.repartition(target, "uid"), "uid", "inner"))
+    without = staged.where(~F.col("embed")).withColumn("image", F.lit(None).cast("binary"))
+    cols = ["uid", "image", "stored_embedding", "texts"]
+    return with_images.select(*cols).unionByName(without.select(*cols))
 
 
 def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
@@ -147,32 +171,33 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     s = cfg.score
     lake = open_lake(spark, cfg.lake)
     lake.require("pool")
+    # Fences before planning (capmix/chunks.py): a concurrent run's commits then conflict.
+    emb_fence = chunks.Fence(lake, "image_embeddings", f"capmix:score:{s.scorer}")
+    score_fence = chunks.Fence(lake, "scores", f"capmix:score:{s.scorer}")
     pool = chunks.with_file(lake.read("pool"))
     usable = pool.where(USABLE)
-    emb_done = _done(spark, lake, "image_embeddings", s.scorer, ["uid"])
-    texts = candidate_texts(spark, lake, cfg, usable).join(
-        _done(spark, lake, "scores", s.scorer, ["uid", "source"]), ["uid", "source"], "left_anti")
-    todo, already, skipped = plan(pool, emb_done, texts, s.chunk_rows)
+    todo, already, skipped, work, cached = plan(spark, lake, cfg, pool)
     counts = {"images embedded": 0, "texts scored": 0, "images embedded before": already}
+    staging = chunks.Staging(spark, lake, "score", s.scorer)
+    if todo:
+        staging.write(chunks.assign(spark, work, todo).drop(chunks.FILE_COLUMN))
+    cached.unpersist()
 
-    def work(chunk: chunks.Chunk) -> int:
-        mine = chunk.select(usable)
-        reuse = chunk.extra.get("reuse", 0) > 0
-        inputs = chunk_work(spark, cfg, lake, mine, emb_done, texts, reuse)
+    def work_fn(chunk: chunks.Chunk) -> int:
+        inputs = chunk_work(spark, cfg, usable, staging.read(chunk, WORK_SCHEMA), chunk)
         # One pass of the model per chunk; both tables are written from the persisted result,
         # so a score is computed from exactly the vector `image_embeddings` stores.
         out = score_frame(inputs, task_for(spark, cfg)).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             now = F.current_timestamp().alias("created_at")
-            embedded = lake.merge("image_embeddings", IMAGE_EMBEDDINGS.conform(
+            embedded = emb_fence.append(IMAGE_EMBEDDINGS.conform(
                 out.where(F.col("source").isNull()).select(
-                    "uid", F.lit(s.scorer).alias("scorer"), "embedding", now)),
-                IMAGE_EMBEDDINGS.keys, order_by=())
-            scored = lake.merge("scores", SCORES.conform(
+                    "uid", F.lit(s.scorer).alias("scorer"), "embedding", now)))
+            scored = score_fence.append(SCORES.conform(
                 out.where(F.col("source").isNotNull()).select(
                     "uid", "source", F.lit(s.scorer).alias("scorer"), "text", "similarity",
                     (F.lit(CLIP_S_WEIGHT) * F.greatest("similarity", F.lit(0.0))).alias("clip_s"),
-                    now)), SCORES.keys, order_by=())
+                    now)))
         finally:
             out.unpersist()
         counts["images embedded"] += embedded
@@ -180,8 +205,11 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
         return embedded + scored
 
     # Progress counts rows written: image embeddings + scores.
-    return chunks.run(f"score {s.scorer}", todo, work, unit="rows", skipped=skipped,
-                      extra=counts)
+    try:
+        return chunks.run(f"score {s.scorer}", todo, work_fn, unit="rows", skipped=skipped,
+                          extra=counts)
+    finally:
+        staging.remove()
 
 
 # -- command line -----------------------------------------------------------------------------
