@@ -185,13 +185,11 @@ class SparkDeltaLake(Lake):
                               "numTargetRowsUpdated") or 0
 
     def delete_matching(self, table: str, keys: "DataFrame", on: Sequence[str]) -> int:
-        from pyspark.sql import functions as F
-
         if not self.exists(table):
             return 0
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in on)
         token, before = f"capmix-{uuid.uuid4().hex}", self.version(table)
-        source = F.broadcast(keys.select(*on).distinct())
+        source = keys.select(*on).distinct()
         builder = (self._delta_table(table).alias("t").merge(source.alias("s"), condition)
                    .whenMatchedDelete())
         self._with_metadata(token, builder.execute, table)

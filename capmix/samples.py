@@ -134,6 +134,34 @@ def unit_rows(unit: Unit, settings: RowSettings, stats: Optional[dict] = None) -
         yield row
 
 
+def first_per_uid(rows: Iterator[dict], max_held_bytes: int = 64 << 20) -> Iterator[dict]:
+    """One row per uid within a unit, in the task (so the pool write needs no shuffle): the
+    first 'ok' row of a uid, else its first error row. Error rows wait until the unit ends (an
+    'ok' row of the same uid may follow); past `max_held_bytes` they are let through, and the
+    ingest's once-per-run duplicate pass settles the rest."""
+    seen: set[str] = set()
+    held: dict[str, dict] = {}
+    held_bytes = 0
+    for row in rows:
+        uid = row["uid"]
+        if uid in seen:
+            continue
+        if row["status"] == "ok":
+            seen.add(uid)
+            if held.pop(uid, None) is not None:
+                held_bytes = sum(len(r["image"] or b"") for r in held.values())
+            yield row
+        elif uid not in held:
+            held[uid] = row
+            held_bytes += len(row["image"] or b"")
+            if held_bytes > max_held_bytes:
+                for waiting in held.values():
+                    seen.add(waiting["uid"])
+                    yield waiting
+                held, held_bytes = {}, 0
+    yield from held.values()
+
+
 def rows_in_arrow(batches: Iterator, settings: RowSettings, accumulator=None) -> Iterator:
     """`mapInArrow` function: batches of serialised units -> batches of pool rows, bounded by
     rows and bytes so a shard of large images never sits in memory as one batch."""
@@ -144,7 +172,7 @@ def rows_in_arrow(batches: Iterator, settings: RowSettings, accumulator=None) ->
         for unit_json in batch.column(0).to_pylist():
             stats: dict = {"units": 1}
             rows, size = [], 0
-            for row in unit_rows(Unit.from_json(unit_json), settings, stats):
+            for row in first_per_uid(unit_rows(Unit.from_json(unit_json), settings, stats)):
                 rows.append(row)
                 size += len(row["image"] or b"")
                 if len(rows) >= BATCH_ROWS or size >= BATCH_BYTES:

@@ -6,16 +6,18 @@
 
 The driver lists the inputs as sorted work units (a shard; `rows_per_unit` entries of a folder;
 row groups of a parquet file) and hands each unit to one Spark task, which streams it and
-builds pool rows (`capmix.samples`; its docstring states the uid rule). Units are committed
-`units_per_commit` at a time, each group ONE insert-missing merge by uid, so a crash leaves
-whole groups committed. A re-run skips every unit whose `source` is already in the pool and the
-uid merge makes the rest exactly-once: re-ingesting the same inputs adds nothing, and a killed
-run followed by a re-run ends with the same rows as an uninterrupted one.
+builds pool rows (`capmix.samples`; its docstring states the uid rule), one row per uid within
+the unit. Units are committed `units_per_commit` at a time on a fixed grid, each group ONE
+append with a Delta transaction id (`capmix:ingest`, capmix/chunks.py's Fence) written straight
+from the reading tasks: no image crosses a shuffle. A crash leaves whole groups committed; a
+re-run skips every unit whose `source` is already in the pool.
 
-When several samples share a uid, the row already in the pool stays; among new ones the row
-from the first unit (units sort by path) is kept, within a unit an 'ok' row before an error row,
-then the smallest key. Commits follow unit order, so this does not depend on how units were
-grouped, or on whether the run was interrupted.
+Uids repeated across units are settled once per run, at its end, from the pool's key columns
+(`settle_duplicates`): the row committed first stays, then the row of the earlier unit, 'ok'
+before error, the smallest key; the others are deleted in one commit that rewrites only the
+files holding them. So re-ingesting the same samples adds nothing, and a killed run followed by
+a re-run ends with the same rows as an uninterrupted one. Cost: one scan of the pool's `source`
+column at the start and of its key columns at the end, per run, not per group.
 """
 from __future__ import annotations
 
@@ -42,9 +44,6 @@ log = logging.getLogger("capmix")
 
 NOUNS = {"webdataset": ("shard", "shards"), "folder": ("folder slice", "folder slices"),
          "parquet": ("parquet part", "parquet parts")}
-# Rows of one uid rank by unit (source) first, as commits do, so the row kept does not depend on
-# the grouping; within a unit 'ok' first (a webdataset key that reappears), then the rest.
-_RANK = ("key", "sha256", "text", "url", "error", "warnings", "meta")
 
 
 def _plural(n: int, one: str, many: str) -> str:
@@ -85,7 +84,9 @@ def _duration(seconds: float) -> str:
 # -- transforms ---------------------------------------------------------------------------------
 def pool_rows(spark: "SparkSession", units: Sequence[Unit], cfg: Config,
               accumulator=None) -> "DataFrame":
-    """The pool rows of `units` (one Spark task per unit), one row per uid."""
+    """The pool rows of `units`: one Spark task per unit, which streams the unit and keeps one
+    row per uid within it (`capmix.samples.first_per_uid`). No shuffle: each image goes from
+    the reader straight into the pool's data file."""
     from pyspark.sql import functions as F
 
     from capmix.samples import ROW_COLUMNS, RowSettings, rows_in_arrow
@@ -102,18 +103,39 @@ def pool_rows(spark: "SparkSession", units: Sequence[Unit], cfg: Config,
     rows = frame.mapInArrow(partial(rows_in_arrow, settings=settings, accumulator=accumulator),
                             schema)
     rows = rows.withColumn("ingested_at", F.lit(datetime.now(timezone.utc)))
-    return first_per_uid(POOL.conform(rows))
+    return POOL.conform(rows)
 
 
-def first_per_uid(rows: "DataFrame") -> "DataFrame":
+def duplicate_rows(pool: "DataFrame") -> "DataFrame":
+    """(uid, source, key) of the pool rows that lose to another row of the same uid: the row
+    committed first stays (ingested_at), then the earlier unit (source), then 'ok' before
+    error, then the smallest key. Reads key columns only, never the image."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = [F.col("source").asc_nulls_last(), F.when(F.col("status") == "ok", 0).otherwise(1)] \
-        + [F.col(c).asc_nulls_last() for c in _RANK]
-    window = Window.partitionBy("uid").orderBy(*order)
-    return (rows.withColumn("__rank", F.row_number().over(window))
-            .where("__rank = 1").drop("__rank"))
+    keys = pool.select("uid", "source", "key", "status", "ingested_at")
+    repeated = keys.groupBy("uid").count().where("count > 1").select("uid")
+    order = [F.col("ingested_at").asc_nulls_last(), F.col("source").asc_nulls_last(),
+             F.when(F.col("status") == "ok", 0).otherwise(1), F.col("key").asc_nulls_last()]
+    ranked = keys.join(repeated, "uid", "left_semi").withColumn(
+        "__rank", F.row_number().over(Window.partitionBy("uid").orderBy(*order)))
+    return ranked.where("__rank > 1").select("uid", "source", "key")
+
+
+def settle_duplicates(lake) -> int:
+    """Once per run: delete the rows that repeat a uid across units (or that a killed run left
+    unsettled). One scan of the pool's key columns, and a commit only when there are any."""
+    if not lake.exists("pool"):
+        return 0
+    from pyspark import StorageLevel
+
+    losers = duplicate_rows(lake.read("pool")).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        if losers.isEmpty():
+            return 0
+        return lake.delete_matching("pool", losers, ["uid", "source", "key"])
+    finally:
+        losers.unpersist()
 
 
 # -- the job ------------------------------------------------------------------------------------
@@ -129,9 +151,22 @@ def committed_sources(lake, ids: Sequence[str]) -> set[str]:
     return {r[0] for r in sources.distinct().collect()} & set(ids)
 
 
+def groups(units: Sequence[Unit], done: set[str], per: int) -> list[list[Unit]]:
+    """Commit groups on a fixed grid over ALL units (sorted), minus the committed ones: a
+    resumed run commits the same groups as the uninterrupted one would have."""
+    out = []
+    for i in range(0, len(units), per):
+        todo = [u for u in units[i: i + per] if u.id not in done]
+        if todo:
+            out.append(todo)
+    return out
+
+
 def run(spark: "SparkSession", cfg: Config, inputs: Optional[Sequence[str]] = None,
         format: Optional[str] = None, units_per_commit: Optional[int] = None) -> IngestSummary:
     """Ingest `inputs` (default: `ingest.inputs`) into the pool; returns the summary."""
+    from capmix import chunks
+
     started = time.monotonic()
     ic = cfg.ingest
     inputs = list(inputs if inputs is not None else ic.inputs)
@@ -146,9 +181,10 @@ def run(spark: "SparkSession", cfg: Config, inputs: Optional[Sequence[str]] = No
     kinds = {u.format for u in units}
     noun = NOUNS[kinds.pop()] if len(kinds) == 1 else ("unit", "units")
     lake = open_lake(spark, cfg.lake)
+    fence = chunks.Fence(lake, "pool", "capmix:ingest")  # before reading what is committed
     done = committed_sources(lake, [u.id for u in units])
-    todo = [u for u in units if u.id not in done]
     per = units_per_commit or ic.units_per_commit or max(1, spark.sparkContext.defaultParallelism)
+    todo = groups(units, done, per)  # units come sorted by (path, start)
     if done:
         log.info("ingest: %s of %s already in the pool, skipped", f"{len(done):,}",
                  _plural(len(units), *noun))
@@ -157,15 +193,18 @@ def run(spark: "SparkSession", cfg: Config, inputs: Optional[Sequence[str]] = No
 
     acc = stats_accumulator(spark.sparkContext)
     progress = Progress("ingest", len(units), noun[1], every_s=0, already=len(done))
-    inserted, seen = 0, {}
-    for i in range(0, len(todo), per):
-        group = todo[i: i + per]
-        inserted += lake.merge("pool", pool_rows(spark, group, cfg, acc), ["uid"],
-                               order_by=["source"])
+    appended, seen = 0, {}
+    for group in todo:
+        appended += fence.append(pool_rows(spark, group, cfg, acc))
         seen = _report_group(progress, group, acc.value, seen, started)
+    removed = settle_duplicates(lake)
+    if removed:
+        log.info("ingest: %s row(s) repeated a uid already in the pool; the first kept",
+                 f"{removed:,}")
     stats = acc.value
     return IngestSummary(len(units), len(done), stats.get("ok", 0), stats.get("error", 0),
-                         inserted, stats.get("unsafe", 0), time.monotonic() - started, noun)
+                         max(0, appended - removed), stats.get("unsafe", 0),
+                         time.monotonic() - started, noun)
 
 
 def _report_group(progress: Progress, group: Sequence[Unit], stats: dict, seen: dict,
