@@ -200,9 +200,13 @@ class ExportConfig:
     # source when it names a caption, else the only captioner in `captions`.
     captioner: Optional[str] = None
     compression: Literal["snappy", "zstd", "none"] = "snappy"
+    # Train sets of up to this many images broadcast their uids to the pool scan, so only the
+    # selected images are shuffled (once); larger ones shuffle every ok pool row once.
+    broadcast_rows: int = 20_000_000
 
     def validate(self, key: str) -> None:
         _check(self.row_group_mb > 0, f"{key}.row_group_mb", "must be positive")
+        _check(self.broadcast_rows >= 0, f"{key}.broadcast_rows", "must not be negative")
         _check(self.rows_per_file > 0, f"{key}.rows_per_file", "must be positive")
         _check(self.min_files > 0, f"{key}.min_files", "must be positive")
         _check(self.captioner is None or bool(self.captioner.strip()), f"{key}.captioner",

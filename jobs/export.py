@@ -11,9 +11,11 @@ at a time (vectorised Arrow, sharded and shuffled by row group), and its Transfo
 loader workers, which is where the trainer decodes and augments the original JPEG/PNG bytes. The
 export also stays readable by Spark, pandas and duckdb, without petastorm's metadata.
 
-Spark moves the bytes executor to file: no image is decoded or rewritten on the driver. Rows are
-spread over files by a hash of (uid, source) and ordered by another hash inside each file, so
-row groups hold a random mix (the mixing SQL may have ordered the train set by score). The
+Spark moves the bytes executor to file: no image is decoded or rewritten on the driver. The pool
+scan keeps only the train set's images (its uids broadcast, up to `export.broadcast_rows`), and
+each image crosses one shuffle, which also spreads rows over files by a hash of uid; inside each
+file rows are ordered by another hash, so row groups hold a random mix (the mixing SQL may have
+ordered the train set by score). The
 dataset appears under `--out` in one rename once complete (local paths), with a small
 `_capmix_export.json` (ignored by parquet readers: leading underscore) recording the pool size,
 which is the trainer's default budget of samples seen.
@@ -61,15 +63,22 @@ class ExportResult:
 # Transforms (DataFrame -> DataFrame)
 
 
-def join_images(train: "DataFrame", pool: "DataFrame") -> "DataFrame":
-    """Train-set rows with their image bytes and raw caption; rows whose image is not ok drop."""
+def join_images(keys: "DataFrame", pool: "DataFrame", files: int,
+                broadcast_uids: bool) -> "DataFrame":
+    """Train-set rows (no images yet: uid, source, text, ... ) with their image bytes and raw
+    caption, hash-partitioned on uid into `files` partitions; rows whose image is not ok drop.
+
+    Each selected image moves once: the pool scan keeps only the train set's uids (a broadcast
+    semi-join, when `broadcast_uids`), then one shuffle puts it in its output file's partition;
+    the train-set side is partitioned the same way, so the join adds no second exchange."""
     from pyspark.sql import functions as F
 
     images = (pool.where(F.col("status") == "ok")
               .select("uid", F.col("text").alias("raw_text"), "image"))
-    return (train.where(F.col("text").isNotNull())
-            .select("uid", "source", "text", "similarity")
-            .join(images, "uid", "inner"))
+    if broadcast_uids:
+        images = images.join(F.broadcast(keys.select("uid").distinct()), "uid", "left_semi")
+    return (images.repartition(files, "uid")
+            .join(keys.repartition(files, "uid"), "uid", "inner"))
 
 
 def parse_captioner(spec: str) -> tuple[str, Optional[int]]:
@@ -107,16 +116,16 @@ def add_synthetic(rows: "DataFrame", captions: "DataFrame", captioner: str,
             .where("_rank = 1").drop("_rank", "own_text", "default_text"))
 
 
-def layout(df: "DataFrame", files: int, clips: bool) -> "DataFrame":
+def layout(df: "DataFrame", clips: bool) -> "DataFrame":
     """Column order of the export (image last: readers skip it cheaply) and a random but
-    deterministic spread of rows over files and within them."""
+    deterministic order within each file. `df` comes hash-partitioned on uid (`join_images`):
+    one partition per output file, so rows are spread over files with no further shuffle."""
     from pyspark.sql import functions as F
 
     cols = ["uid", "source", "text", "raw_text"] + (["synthetic_text"] if clips else [])
     cols += ["similarity", "image"]
-    spread = F.xxhash64("uid", "source")
     order = F.xxhash64("source", "uid", F.lit("capmix-export"))
-    return df.select(*cols).repartition(files, spread).sortWithinPartitions(order)
+    return df.select(*cols).sortWithinPartitions(order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,20 +150,21 @@ def run(spark: "SparkSession", cfg: Config, train_set: str, out: str,
                  .orderBy("name").limit(20).collect()]
         raise InputError(f"train set {train_set!r} not found in train_sets; known: "
                          f"{', '.join(names) or '(none)'}")
-    rows = join_images(train, lake.read("pool"))
+    keys = (train.where(F.col("text").isNotNull())
+            .select("uid", "source", "text", "similarity"))
     captioner = None
-    if ecfg.clips:
+    if ecfg.clips:  # the caption lookup runs on the keys, before any image joins them
         captioner = _default_captioner(lake, ecfg.captioner)
-        rows = add_synthetic(rows, lake.read("captions"), *parse_captioner(captioner))
+        keys = add_synthetic(keys, lake.read("captions"), *parse_captioner(captioner))
     # Rows the export would have if every image were ok (CLIPS keeps one row per image).
-    expected = (train.where(F.col("text").isNotNull()).select("uid").distinct().count()
-                if ecfg.clips else train.where(F.col("text").isNotNull()).count())
+    expected = keys.count()
     files = max(ecfg.min_files, math.ceil(train_rows / ecfg.rows_per_file))
+    rows = join_images(keys, lake.read("pool"), files, expected <= ecfg.broadcast_rows)
     pool_rows = lake.read("pool").where(F.col("status") == "ok").count()
 
     target = str(local) if local is not None else out
     staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}" if local is not None else target
-    stats = _write(layout(rows, files, ecfg.clips), staging, ecfg,
+    stats = _write(layout(rows, ecfg.clips), staging, ecfg,
                    "overwrite" if overwrite or local is not None else "errorifexists")
     if stats["rows"] == 0:
         if local is not None:
