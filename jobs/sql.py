@@ -1,6 +1,8 @@
 """Run Spark SQL over the lake: every table is registered under its name, the result printed.
 
     capmix sql --lake /tmp/l "SELECT status, count(*) FROM pool GROUP BY status"
+    capmix sql --lake /tmp/l "DESCRIBE HISTORY captions"
+    capmix sql --lake /tmp/l "SELECT count(*) FROM pool VERSION AS OF 0"
     capmix sql --file caption_lengths --param bucket_words=5
     capmix sql --file my_query.sql --param scorer=vit-l-14
 
@@ -8,17 +10,22 @@
 score_quantiles, synthetic_beats_raw, captioner_comparison; capmix.sql/queries in the wheel).
 Those are examples to read and run, not mixing strategies: `capmix mix` only runs the
 strategies it names, from sql/<strategy>.sql.
+
+On Spark's Delta Lake (the default) each table is a real Delta table of the session catalog,
+so Delta's SQL works on it as on Databricks: time travel (`VERSION AS OF`, `TIMESTAMP AS OF`),
+`DESCRIBE HISTORY`, `DESCRIBE DETAIL`. The delta-rs fallback registers plain views.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from capmix.config import Config
 from capmix.errors import InputError
-from capmix.lake import open_lake
+from capmix.lake import is_catalog, open_lake
 from capmix.resources import resource_dir
 
 if TYPE_CHECKING:
@@ -31,14 +38,34 @@ def run(spark: "SparkSession", cfg: Config, query: str,
 
     `params` fill named markers (`:percent`) through Spark's parameterized SQL, so values are
     never pasted into the query text."""
-    open_lake(spark, cfg.lake).register_views()
+    lake = open_lake(spark, cfg.lake)
+    lake.register_views()
     from pyspark.errors import AnalysisException, ParseException
 
     try:
-        return spark.sql(query, args=dict(params) if params else None)
+        with _current_schema(spark, cfg.lake.path if is_catalog(cfg.lake.path) else None):
+            # Analysis is eager: names resolve here, so the schema can be restored after.
+            return spark.sql(query, args=dict(params) if params else None)
     except (AnalysisException, ParseException) as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"SQL error: {first}") from None
+
+
+@contextlib.contextmanager
+def _current_schema(spark: "SparkSession", catalog_schema: str | None):
+    """A catalog.schema lake's tables by bare name (`FROM pool`) for one query."""
+    if catalog_schema is None:
+        yield
+        return
+    catalog, schema = catalog_schema.split(".", 1)
+    saved = (spark.catalog.currentCatalog(), spark.catalog.currentDatabase())
+    spark.catalog.setCurrentCatalog(catalog)
+    spark.catalog.setCurrentDatabase(schema)
+    try:
+        yield
+    finally:
+        spark.catalog.setCurrentCatalog(saved[0])
+        spark.catalog.setCurrentDatabase(saved[1])
 
 
 def query_names() -> list[str]:

@@ -288,6 +288,30 @@ def test_cli_errors_name_the_missing_params_and_the_shipped_queries(sql_lake, cl
     assert "shipped queries: " + ", ".join(sorted(QUERIES)) in err
 
 
+def test_cli_has_deltas_sql_history_and_time_travel(spark, tmp_path, cli):
+    from capmix.config import from_dict
+    from capmix.lake import open_lake
+
+    lake = open_lake(spark, from_dict({"lake": {"path": str(tmp_path / "tt")}}).lake)
+    lake.append("pool", spark.createDataFrame([("a",), ("b",)], "uid string"))
+    lake.append("pool", spark.createDataFrame([("c",)], "uid string"))
+    code, out, err = cli("--lake", lake.cfg.path, "DESCRIBE HISTORY pool", "--format", "json")
+    assert code == 0, err
+    history = [json.loads(line) for line in out.splitlines()]
+    assert [(h["version"], h["operation"]) for h in history] == [(1, "WRITE"), (0, "WRITE")]
+    code, out, err = cli("--lake", lake.cfg.path,
+                         "SELECT count(*) AS n FROM pool VERSION AS OF 0", "--format", "csv")
+    assert code == 0 and out.split() == ["n", "2"], err
+    code, out, _ = cli("--lake", lake.cfg.path, "SELECT count(*) AS n FROM pool", "--format",
+                       "csv")
+    assert out.split() == ["n", "3"]
+    # Another lake in the same session: the names now point at its tables.
+    other = open_lake(spark, from_dict({"lake": {"path": str(tmp_path / "tt2")}}).lake)
+    other.append("pool", spark.createDataFrame([("z",)], "uid string"))
+    code, out, _ = cli("--lake", other.cfg.path, "SELECT uid FROM pool", "--format", "csv")
+    assert out.split() == ["uid", "z"]
+
+
 # -- packaging: queries are shipped, and never taken for mixing strategies ------------------
 def test_queries_are_not_strategies():
     from capmix.errors import InputError
