@@ -7,7 +7,7 @@ costs), then times, side by side in one Spark session:
 - `arrow`: the job's way, `mapInArrow` yielding Arrow batches of pool rows;
 - `rows`: an RDD `flatMap` of Python rows turned into a DataFrame (pickled rows);
 - `python`: the readers alone in one process, no Spark (the per-core ceiling).
-Each Spark variant does the whole commit (dedupe by uid + one Delta commit) into a fresh lake.
+Each Spark variant does the whole commit (one Delta append, as the job does) into a fresh lake.
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ def rows_variant(spark, units, cfg):
 
     from capmix.samples import ROW_COLUMNS, RowSettings, unit_rows
     from capmix.tables import POOL
-    from jobs.ingest import first_per_uid
 
     settings = RowSettings(cfg.ingest.max_caption_chars, cfg.ingest.max_image_pixels)
     schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in POOL.schema().fields
@@ -55,7 +54,7 @@ def rows_variant(spark, units, cfg):
         lambda u: ([r[c] for c in ROW_COLUMNS] for r in unit_rows(u, settings)))
     df = spark.createDataFrame(rdd, schema).withColumn(
         "ingested_at", F.lit(datetime.now(timezone.utc)))
-    return first_per_uid(POOL.conform(df))
+    return POOL.conform(df)
 
 
 def time_spark(spark, cfg, units, variant: str, lake_dir: Path) -> float:
@@ -68,7 +67,7 @@ def time_spark(spark, cfg, units, variant: str, lake_dir: Path) -> float:
     lake = open_lake(spark, dataclasses.replace(cfg.lake, path=str(lake_dir)))
     started = time.perf_counter()
     df = pool_rows(spark, units, cfg) if variant == "arrow" else rows_variant(spark, units, cfg)
-    lake.merge("pool", df, ["uid"], order_by=["source"])
+    lake.append("pool", df)
     return time.perf_counter() - started
 
 
@@ -122,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {t:.2f} | {rows / t:,.0f} | {mb / t:.1f} |")
     load = os.getloadavg()[0]
     lines += ["", f"Load average when done: {load:.1f} on {os.cpu_count()} cores. At this size,"
-              " Spark's fixed costs per commit (uid dedupe shuffle, parquet write, Delta "
-              "commit) dominate; per-row work is the readers' (image decode + sha256)."]
+              " Spark's fixed costs per commit (parquet write, Delta commit) dominate; per-row "
+              "work is the readers' (image decode + sha256)."]
     body = "## Ingest (`bench/ingest.py`)\n\n" + "\n".join(lines)
     print(body)
     write_section("ingest", body)

@@ -4,9 +4,9 @@ at a time, each chunk one atomic, idempotent append.
 Cost that grows linearly with the pool (a 1B-row run plans thousands of chunks):
 - Planning runs once per run: one aggregation over the input's key columns (never the image
   column) and the output table's keys. Nothing is re-planned per chunk.
-- A chunk is a set of whole data files of the input table (or a hash part of one big file).
-  Spark prunes files on `_metadata.file_path` filters, so a chunk reads its own files and
-  nothing else: the pool is read once over the whole run, however many chunks there are.
+- A chunk is a set of whole data files of the input table (or a hash part of one big file)
+  and reads those files only (`Lake.read_files`: Delta's scan would not prune on a file-path
+  filter), so the pool is read once over the whole run, however many chunks there are.
 - Files whose rows are all pending need no per-row filter. The pending keys of the other files
   (partly done, e.g. a hash part committed before a kill) and any per-row work the stage needs
   (the texts to score) are staged once, at planning, as parquet partitioned by chunk under the
@@ -67,13 +67,16 @@ class Chunk:
             cond = cond & (F.pmod(F.xxhash64("uid"), F.lit(m)) == F.lit(k))
         return df.where(cond)
 
-    def pending(self, df: "DataFrame", keys: "DataFrame") -> "DataFrame":
-        """`select(df)`, where rows of the partly done files must also be in `keys` (a small
-        staged frame with uid): a broadcast left join, so no row of `df` is shuffled. The
-        columns of `keys` come along (NULL for rows of the other files)."""
+    def read(self, lake: "Lake", table: str) -> "DataFrame":
+        """This chunk's rows of `table`, reading only its files (`Lake.read_files`)."""
+        return self.select(with_file(lake.read_files(table, self.files)))
+
+    def pending(self, rows: "DataFrame", keys: "DataFrame") -> "DataFrame":
+        """This chunk's `rows` (from `read`), where rows of the partly done files must also be
+        in `keys` (a small staged frame with uid): a broadcast left join, so no row of `rows`
+        is shuffled. The columns of `keys` come along (NULL for rows of the other files)."""
         from pyspark.sql import functions as F
 
-        rows = self.select(df)
         if not self.keyed:
             return rows
         marked = keys.withColumn("__capmix_pending", F.lit(True))

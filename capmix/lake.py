@@ -80,6 +80,13 @@ class Lake(abc.ABC):
     def read(self, table: str) -> "DataFrame":
         """The table's current snapshot; `InputError` if it does not exist."""
 
+    def read_files(self, table: str, files: Sequence[str]) -> "DataFrame":
+        """The rows of some of the table's current data files (paths as `_metadata.file_path`
+        gives them), reading those files only: what a chunk of a model stage reads."""
+        from pyspark.sql import functions as F
+
+        return self.read(table).where(F.col("_metadata.file_path").isin(list(files)))
+
     @abc.abstractmethod
     def version(self, table: str) -> int | None:
         """The table's current Delta version, None if it does not exist."""

@@ -75,6 +75,12 @@ class DeltaRsLake(Lake):
             return self.spark.createDataFrame([], schema)
         return self.spark.read.schema(schema).parquet(*files)
 
+    def read_files(self, table: str, files: Sequence[str]) -> "DataFrame":
+        dt = self._table(table)
+        if dt is None:
+            raise InputError(f"table {table!r} does not exist in lake {self.root}")
+        return self.spark.read.schema(_spark_schema(dt)).parquet(*files)
+
     # -- writes -----------------------------------------------------------------------------
     def append(self, table: str, df: "DataFrame", txn: Optional[Txn] = None) -> Optional[int]:
         dt = self._table(table)

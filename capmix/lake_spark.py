@@ -9,6 +9,7 @@ that Delta skipped it for its transaction id) even when other writers commit at 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -19,6 +20,8 @@ from capmix.lake import Lake, Txn, conform, dedupe, is_catalog
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+log = logging.getLogger("capmix")
 
 
 class SparkDeltaLake(Lake):
@@ -64,6 +67,31 @@ class SparkDeltaLake(Lake):
         if self.catalog:
             return self.spark.table(self.location(table))
         return self.spark.read.format("delta").load(self.location(table))
+
+    def read_files(self, table: str, files: Sequence[str]) -> "DataFrame":
+        """Delta does not prune files on `_metadata.file_path` filters (the scan reads every
+        file), so a chunk reads its files as plain parquet, which is exact while the table has
+        no deletion vectors, column mapping or partitions; otherwise through Delta, unpruned."""
+        if not self._plain_parquet(table):
+            return super().read_files(table, files)
+        return self.spark.read.schema(self.read(table).schema).parquet(*files)
+
+    def _plain_parquet(self, table: str) -> bool:
+        detail = self.spark.sql(f"DESCRIBE DETAIL {self._sql_name(table)}").collect()[0]
+        props = detail["properties"] or {}
+        features = set(detail["tableFeatures"] or []) if "tableFeatures" in detail else set()
+        plain = (not detail["partitionColumns"] and "deletionVectors" not in features
+                 and props.get("delta.enableDeletionVectors", "false") != "true"
+                 and props.get("delta.columnMapping.mode", "none") == "none")
+        if not plain:
+            log.warning("table %r has deletion vectors, column mapping or partitions: each "
+                        "chunk reads it whole through Delta", table)
+        return plain
+
+    def _sql_name(self, table: str) -> str:
+        if self.catalog:
+            return self.location(table)
+        return f"delta.`{_sql_str(self.location(table)).replace('`', '``')}`"
 
     def version(self, table: str) -> int | None:
         if not self.exists(table):

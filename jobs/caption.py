@@ -147,7 +147,7 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
 
     def work(chunk: chunks.Chunk) -> int:
         keys = staging.read(chunk, KEYS_SCHEMA).drop(chunks.CHUNK_COLUMN)
-        images = chunk.pending(pool.where(USABLE), keys)
+        images = chunk.pending(chunk.read(lake, "pool").where(USABLE), keys)
         out = caption_rows(spark, cfg, chunks.spread(spark, images.select("uid", "image"),
                                                      c.partitions))
         if chunk.keyed:  # partly captioned images: only the samples not stored yet

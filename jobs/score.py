@@ -140,8 +140,8 @@ def plan(spark: "SparkSession", lake: Lake, cfg: Config, pool: "DataFrame"):
     return todo, already, skipped, work, flags
 
 
-def chunk_work(spark: "SparkSession", cfg: Config, usable: "DataFrame",
-               staged: "DataFrame", chunk: chunks.Chunk) -> "DataFrame":
+def chunk_work(spark: "SparkSession", cfg: Config, lake: Lake, staged: "DataFrame",
+               chunk: chunks.Chunk) -> "DataFrame":
     """The UDF input of one chunk: its staged work, with image bytes only where an image is
     to be embedded (a broadcast semi-join on the chunk's uids, then one shuffle)."""
     from pyspark.sql import functions as F
@@ -149,7 +149,7 @@ def chunk_work(spark: "SparkSession", cfg: Config, usable: "DataFrame",
     s = cfg.score
     staged = staged.drop(chunks.CHUNK_COLUMN)
     need = staged.where("embed")
-    images = chunk.select(usable).select("uid", "image").join(
+    images = chunk.read(lake, "pool").where(USABLE).select("uid", "image").join(
         F.broadcast(need.select("uid")), "uid", "left_semi")
     target = s.partitions or spark.sparkContext.defaultParallelism
     # Both sides hash-partitioned on uid the same way: the join adds no second image shuffle.
@@ -175,7 +175,6 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     emb_fence = chunks.Fence(lake, "image_embeddings", f"capmix:score:{s.scorer}")
     score_fence = chunks.Fence(lake, "scores", f"capmix:score:{s.scorer}")
     pool = chunks.with_file(lake.read("pool"))
-    usable = pool.where(USABLE)
     todo, already, skipped, work, cached = plan(spark, lake, cfg, pool)
     counts = {"images embedded": 0, "texts scored": 0, "images embedded before": already}
     staging = chunks.Staging(spark, lake, "score", s.scorer)
@@ -184,7 +183,7 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     cached.unpersist()
 
     def work_fn(chunk: chunks.Chunk) -> int:
-        inputs = chunk_work(spark, cfg, usable, staging.read(chunk, WORK_SCHEMA), chunk)
+        inputs = chunk_work(spark, cfg, lake, staging.read(chunk, WORK_SCHEMA), chunk)
         # One pass of the model per chunk; both tables are written from the persisted result,
         # so a score is computed from exactly the vector `image_embeddings` stores.
         out = score_frame(inputs, task_for(spark, cfg)).persist(StorageLevel.MEMORY_AND_DISK)
