@@ -75,7 +75,7 @@ def test_chunks_select_exactly_their_rows(spark):
 
     df = spark.range(200).select(F.format_string("u%d", "id").alias("uid"),
                                  F.lit("fileA").alias(chunks.FILE_COLUMN))
-    parts = [chunks.Chunk(("fileA",), 0, (k, 3)) for k in range(3)]
+    parts = [chunks.Chunk(k, ("fileA",), 200, part=(k, 3)) for k in range(3)]
     seen = [set(r.uid for r in p.select(df).collect()) for p in parts]
     assert sum(len(s) for s in seen) == 200 and set.union(*seen) == {f"u{i}" for i in range(200)}
-    assert chunks.Chunk(("fileB",), 0).select(df).count() == 0
+    assert chunks.Chunk(0, ("fileB",), 0).select(df).count() == 0
