@@ -135,6 +135,7 @@ def layout(df: "DataFrame", clips: bool) -> "DataFrame":
 def run(spark: "SparkSession", cfg: Config, train_set: str, out: str,
         overwrite: bool = False) -> ExportResult:
     """Write train set `train_set` to `out` (a folder or URI) as a Petastorm-readable dataset."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     ecfg = cfg.export
@@ -143,29 +144,42 @@ def run(spark: "SparkSession", cfg: Config, train_set: str, out: str,
         raise InputError(f"{out} already exists (pass --overwrite to replace it)")
     lake = open_lake(spark, cfg.lake)
     lake.require("train_sets", "pool", *(["captions"] if ecfg.clips else []))
-    train = lake.read("train_sets").where(F.col("name") == train_set)
-    train_rows = train.count()
-    if train_rows == 0:
-        names = [r[0] for r in lake.read("train_sets").select("name").distinct()
-                 .orderBy("name").limit(20).collect()]
-        raise InputError(f"train set {train_set!r} not found in train_sets; known: "
-                         f"{', '.join(names) or '(none)'}")
-    keys = (train.where(F.col("text").isNotNull())
-            .select("uid", "source", "text", "similarity"))
-    captioner = None
-    if ecfg.clips:  # the caption lookup runs on the keys, before any image joins them
-        captioner = _default_captioner(lake, ecfg.captioner)
-        keys = add_synthetic(keys, lake.read("captions"), *parse_captioner(captioner))
-    # Rows the export would have if every image were ok (CLIPS keeps one row per image).
-    expected = keys.count()
-    files = max(ecfg.min_files, math.ceil(train_rows / ecfg.rows_per_file))
-    rows = join_images(keys, lake.read("pool"), files, expected <= ecfg.broadcast_rows)
-    pool_rows = lake.read("pool").where(F.col("status") == "ok").count()
+    # The train set is read from the lake once and kept (narrow rows, memory then local disk):
+    # its size, the CLIPS caption lookup, the broadcast uids and the join all use it.
+    train = (lake.read("train_sets").where(F.col("name") == train_set)
+             .select("uid", "source", "text", "similarity")
+             .persist(StorageLevel.MEMORY_AND_DISK))
+    keys = None
+    try:
+        train_rows = train.count()
+        if train_rows == 0:
+            names = [r[0] for r in lake.read("train_sets").select("name").distinct()
+                     .orderBy("name").limit(20).collect()]
+            raise InputError(f"train set {train_set!r} not found in train_sets; known: "
+                             f"{', '.join(names) or '(none)'}")
+        keys = train.where(F.col("text").isNotNull())
+        captioner = None
+        if ecfg.clips:  # the caption lookup runs on the keys, before any image joins them
+            captioner = _default_captioner(lake, ecfg.captioner)
+            keys = add_synthetic(keys, lake.read("captions"), *parse_captioner(captioner))
+        keys = keys.persist(StorageLevel.MEMORY_AND_DISK)
+        # Rows the export would have if every image were ok (CLIPS keeps one row per image).
+        expected = keys.count()
+        files = max(ecfg.min_files, math.ceil(train_rows / ecfg.rows_per_file))
+        pool = lake.read("pool")
+        rows = join_images(keys, pool, files, expected <= ecfg.broadcast_rows)
 
-    target = str(local) if local is not None else out
-    staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}" if local is not None else target
-    stats = _write(layout(rows, ecfg.clips), staging, ecfg,
-                   "overwrite" if overwrite or local is not None else "errorifexists")
+        target = str(local) if local is not None else out
+        staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}" if local is not None else target
+        stats = _write(layout(rows, ecfg.clips), staging, ecfg,
+                       "overwrite" if overwrite or local is not None else "errorifexists")
+        # The trainer's default budget (samples seen = pool size, DataComp's rule). A scan of
+        # the status column alone: a byte or so per row, against the images' tens of KB.
+        pool_rows = pool.where(F.col("status") == "ok").count()
+    finally:
+        for frame in (keys, train):
+            if frame is not None:
+                frame.unpersist()
     if stats["rows"] == 0:
         if local is not None:
             shutil.rmtree(staging, ignore_errors=True)

@@ -101,10 +101,12 @@ def strategy_values(*, scorer: str, percent: float, captioner: str, captioners: 
             "captioners": ",".join(captioners), "intersect_clusters": bool(intersect_clusters)}
 
 
-def register_inputs(spark: "SparkSession", lake: Lake) -> None:
-    """`scores` and `clusters` as temp views under the names the SQL uses (an empty `clusters`
-    when the filter was never run: the queries reference it even when the filter is off)."""
-    lake.read("scores").createOrReplaceTempView("scores")
+def register_inputs(spark: "SparkSession", lake: Lake,
+                    scores: Optional["DataFrame"] = None) -> None:
+    """`scores` (the lake's, or the given frame) and `clusters` as temp views under the names
+    the SQL uses (an empty `clusters` when the filter was never run: the queries reference it
+    even when the filter is off)."""
+    (lake.read("scores") if scores is None else scores).createOrReplaceTempView("scores")
     if lake.exists("clusters"):
         lake.read("clusters").createOrReplaceTempView("clusters")
     else:
@@ -155,19 +157,35 @@ def run(spark: "SparkSession", cfg: Config, strategy: str, *, percent: Optional[
 
     lake = open_lake(spark, cfg.lake)
     lake.require("scores", *(["clusters"] if intersect else []))
-    _check_sources(lake, spec, scorer, captioner, captioners)
-    register_inputs(spark, lake)
     values = strategy_values(scorer=scorer, percent=percent, captioner=captioner,
                              captioners=captioners, intersect_clusters=intersect)
 
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    rows = run_sql(spark, strategy_sql(strategy), values).withColumn("name", F.lit(name))
-    lake.replace_where("train_sets", TRAIN_SETS.conform(rows), f"name = '{name}'")
-    written = lake.read("train_sets").where(F.col("name") == name)
-    size = written.agg(F.count(F.lit(1)).alias("rows"),
-                       F.countDistinct("uid").alias("images")).first()
-    cuts = run_sql(spark, strategy_sql("mix_thresholds"), values).first().asDict()
+    # The lake's `scores` is read once: a strategy query references its CTEs several times
+    # (counts, histogram, the threshold's bucket, the picks) and the thresholds recorded in
+    # mix_runs need the same rows again, so each reference would be one more scan of a table of
+    # 2+ rows per image (billions at DataComp's scale). The scorer's narrow rows are kept by
+    # Spark instead (memory, spilling to local disk), and the train set is computed once into
+    # the same store, counted there and written from there.
+    scored = (lake.read("scores").where(F.col("scorer") == scorer)
+              .select("uid", "source", "scorer", "text", "similarity")
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    picked = None
+    try:
+        _check_sources(lake, scored, spec, scorer, captioner, captioners)
+        register_inputs(spark, lake, scored)
+        cuts = run_sql(spark, strategy_sql("mix_thresholds"), values).first().asDict()
+        picked = (run_sql(spark, strategy_sql(strategy), values).withColumn("name", F.lit(name))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
+        size = picked.agg(F.count(F.lit(1)).alias("rows"),
+                          F.countDistinct("uid").alias("images")).first()
+        lake.replace_where("train_sets", TRAIN_SETS.conform(picked), f"name = '{name}'")
+    finally:
+        for frame in (picked, scored):
+            if frame is not None:
+                frame.unpersist()
     threshold = None if spec.threshold_of is None else cuts[f"{spec.threshold_of}_threshold"]
     params = {"scorer": scorer, "percent": percent, "captioner": captioner,
               "captioners": captioners, "intersect_clusters": intersect, **cuts}
@@ -179,12 +197,15 @@ def run(spark: "SparkSession", cfg: Config, strategy: str, *, percent: Optional[
     return result
 
 
-def _check_sources(lake: Lake, spec: Strategy, scorer: str, captioner: str,
-                   captioners: list[str]) -> None:
+def _check_sources(lake: Lake, scored: "DataFrame", spec: Strategy, scorer: str,
+                   captioner: str, captioners: list[str]) -> None:
     """One clear error, before anything is written, when the scores the strategy needs are not
-    there (a typo in a captioner name would otherwise write an empty train set)."""
-    found = {(r["scorer"], r["source"]) for r in
-             lake.read("scores").select("scorer", "source").distinct().collect()}
+    there (a typo in a captioner name would otherwise write an empty train set). `scored` is
+    the scorer's rows; the lake's other scorers are looked up only to name them in the error."""
+    found = {(scorer, r["source"]) for r in scored.select("source").distinct().collect()}
+    if not found:
+        found = {(r["scorer"], r["source"]) for r in
+                 lake.read("scores").select("scorer", "source").distinct().collect()}
     scorers = sorted({s for s, _ in found})
     if scorer not in scorers:
         raise InputError(f"no scores by scorer {scorer!r} in `scores` (scorers: "
