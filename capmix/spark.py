@@ -6,10 +6,13 @@ import contextlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Iterator
+import time
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from capmix.config import LakeConfig, SparkConfig
 from capmix.resources import resource_dir
+
+log = logging.getLogger("capmix")
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -138,3 +141,25 @@ def session(cfg: SparkConfig, lake: LakeConfig | None = None) -> Iterator["Spark
     finally:
         if created:
             spark.stop()
+
+
+def observed(observation: object, metric: str, fallback: Callable[[], int],
+             wait_s: float = 30.0) -> int:
+    """The integer `metric` of a pyspark `Observation` whose action has run, else `fallback()`.
+
+    An observation counts rows on the way through a scan an action makes anyway, which saves a
+    second scan of a billion-row table. But Spark records it asynchronously after the action,
+    and never when the optimizer drops the observed subtree (an empty join side), where
+    `Observation.get` would block forever. So: poll its future for at most `wait_s`, then fall
+    back (also on Spark Connect, whose Observation has no JVM future)."""
+    try:
+        future = observation._jo.future()  # type: ignore[attr-defined]
+        deadline = time.monotonic() + wait_s
+        while not future.isCompleted() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        value = future.value()
+        if value.isDefined() and value.get().isSuccess():
+            return int(value.get().get().apply(metric))
+    except Exception as exc:  # noqa: BLE001 - any failure here only costs the fallback's scan
+        log.debug("observation %s unavailable (%s); counting again", metric, exc)
+    return fallback()

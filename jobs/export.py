@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.lake import Lake, open_lake
+from capmix.spark import observed
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -136,6 +137,7 @@ def run(spark: "SparkSession", cfg: Config, train_set: str, out: str,
         overwrite: bool = False) -> ExportResult:
     """Write train set `train_set` to `out` (a folder or URI) as a Petastorm-readable dataset."""
     from pyspark import StorageLevel
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     ecfg = cfg.export
@@ -166,16 +168,19 @@ def run(spark: "SparkSession", cfg: Config, train_set: str, out: str,
         # Rows the export would have if every image were ok (CLIPS keeps one row per image).
         expected = keys.count()
         files = max(ecfg.min_files, math.ceil(train_rows / ecfg.rows_per_file))
-        pool = lake.read("pool")
+        # The pool's ok rows (the trainer's default budget: samples seen = pool size, as in
+        # DataComp) are counted on the way through the one scan the export makes of the pool.
+        seen = Observation("capmix-export-pool")
+        pool = lake.read("pool").observe(
+            seen, F.count(F.when(F.col("status") == "ok", 1)).alias("ok"))
         rows = join_images(keys, pool, files, expected <= ecfg.broadcast_rows)
 
         target = str(local) if local is not None else out
         staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}" if local is not None else target
         stats = _write(layout(rows, ecfg.clips), staging, ecfg,
                        "overwrite" if overwrite or local is not None else "errorifexists")
-        # The trainer's default budget (samples seen = pool size, DataComp's rule). A scan of
-        # the status column alone: a byte or so per row, against the images' tens of KB.
-        pool_rows = pool.where(F.col("status") == "ok").count()
+        pool_rows = 0 if stats["rows"] == 0 else observed(
+            seen, "ok", lambda: lake.read("pool").where(F.col("status") == "ok").count())
     finally:
         for frame in (keys, train):
             if frame is not None:
