@@ -267,13 +267,14 @@ def _loss_fn(tcfg: TrainConfig, ctx: Dist):
 
     def compute(out: dict, batch: dict) -> dict:
         if "caption_logits" in out:
-            return coca_loss(contrastive, out, tcfg.coca_caption_weight)
+            return coca_loss(contrastive, out, tcfg.coca_caption_weight, tcfg.caption_loss)
         if "logits" not in out:
             loss = contrastive(out["image"], out["text"], out["logit_scale"])
             return {"loss": loss}
         return clips_loss(contrastive, out["image"], out["raw"], out["fragment"],
                           out["logit_scale"], out["logits"], batch["labels"],
-                          weights.contrastive_weight, weights.caption_weight)
+                          weights.contrastive_weight, weights.caption_weight,
+                          tcfg.caption_loss)
 
     return compute
 
