@@ -101,6 +101,9 @@ def _function():
 
         @staticmethod
         def backward(ctx, grad_loss):
+            if ctx.grads is None:  # freed by the first backward, like autograd's saved tensors
+                raise RuntimeError("linear_cross_entropy: backward through the graph a "
+                                   "second time is not supported")
             grad_hidden, grad_weight, grad_bias = ctx.grads
             ctx.grads = None
             scale = lambda g: None if g is None else g * grad_loss.to(g.dtype)  # noqa: E731

@@ -79,14 +79,22 @@ def resolve_train_arch(name: str, objective: str) -> str:
     return resolve_arch(name)
 
 
-def build(cfg: "TrainConfig", vocab_size: Optional[int] = None):
-    """(clip model, decoder or None, Preprocess, context length) for a training config."""
+def build(cfg: "TrainConfig", vocab_size: Optional[int] = None, device: str = "cpu"):
+    """(clip model, decoder or None, Preprocess, context length) for a training config.
+    device="meta": shapes without storage (the memory estimate sizes any model in no time)."""
+    import torch
+
+    with torch.device(device):
+        return _build(cfg, vocab_size, device)
+
+
+def _build(cfg: "TrainConfig", vocab_size: Optional[int], device: str):
     from capmix.errors import InputError
     from capmix.models import create_open_clip
 
     arch = resolve_train_arch(cfg.model, cfg.objective)
     check_arch(arch)
-    clip = create_open_clip(arch, pretrained=None)[0]
+    clip = create_open_clip(arch, pretrained=None, device=device)[0]
     is_coca = hasattr(clip, "text_decoder")
     if (cfg.objective == "coca") != is_coca:
         raise InputError(f"{arch!r} is {'a' if is_coca else 'not a'} CoCa architecture: "

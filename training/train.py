@@ -141,10 +141,14 @@ def run(cfg: Config, data: str, out: str, resume: bool = False) -> dict[str, Any
                       mlflow_uri(tcfg.mlflow_uri), tcfg.mlflow_experiment, run_name)
     if ctx.main:
         _write_json(Path(out) / "train_config.json", meta)
+    from training.memory import estimate
+
+    peak = estimate(tcfg, module, tcfg.batch_size // ctx.world, ctx.world, ctx.device.type)
     tracker.record("start", start_step=start, samples_seen=start * tcfg.batch_size,
                    steps=steps, samples=samples, global_batch=tcfg.batch_size,
                    world_size=ctx.world, resumed_from=str(latest) if latest else None,
-                   device=str(ctx.device), objective=tcfg.objective)
+                   device=str(ctx.device), objective=tcfg.objective,
+                   estimated_peak_mb=round(peak.total / 2**20), params=peak.params)
     if start < steps:
         stream = batches(info, _sample_spec(tcfg, pre.size, context), LoaderOptions(
             batch_size=tcfg.batch_size // ctx.world, rank=ctx.rank, world=ctx.world,
@@ -293,8 +297,20 @@ def _metrics(parts: dict, ctx: Dist, lr: float, module, step: int, batch: int,
         values /= ctx.world
     metrics = {("loss" if n == "loss" else f"loss_{n}"): float(v) for n, v in zip(names, values)}
     metrics.update(lr=lr, samples_seen=step * batch, samples_per_s=rate,
-                   logit_scale=float(module.clip.logit_scale.exp()))
+                   logit_scale=float(module.clip.logit_scale.exp()),
+                   peak_memory_mb=_peak_memory_mb(ctx))
     return metrics
+
+
+def _peak_memory_mb(ctx: Dist) -> float:
+    """This rank's peak so far: allocated on a GPU, resident on CPU (the estimate's terms)."""
+    if ctx.device.type == "cuda":
+        import torch
+
+        return round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _write_json(path: Path, data: dict) -> None:
