@@ -226,7 +226,8 @@ def uses_gpu(tcfg: "TrainConfig") -> bool:
 
 
 def gb(n: float) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / MB:,.0f} MB"
+    """Bytes for a message: MB below 10 GB (where 0.1 GB would blur the comparison)."""
+    return f"{n / 2**30:.1f} GB" if n >= 10 * 2**30 else f"{n / MB:,.0f} MB"
 
 
 def plan(tcfg: "TrainConfig", world: int, ranks_per_node: int
