@@ -5,12 +5,14 @@ Each configuration runs in its own child process, so peaks never mix: the child 
 model the trainer builds (training.model.build + train_module, the trainer's own loss), runs
 one warm-up step and `--steps` timed steps (forward, loss, backward, AdamW) on random in-memory
 batches of the trainer's shapes, and reports its peak resident memory (ru_maxrss; with `--gpu`,
-torch.cuda.max_memory_allocated in bf16 autocast) and the median samples/s of the timed steps.
+torch.cuda.max_memory_allocated in bf16 autocast) and the median samples/s of the timed steps;
+`--repeats` processes per configuration, medians of both.
 One torch thread per child on CPU, as torchrun gives each of 2 ranks on 2 cores. The estimate
 column is training/memory.py's for the same step (without the loader's share), the figure the
 trainer checks before it starts.
 
-    python -m bench.train_memory [--batches 32,64,128] [--full-batches 32,64] [--gpu] [--no-write]
+    python -m bench.train_memory [--batches 32,64,128] [--full-batches 32,64] [--repeats 3]
+                                 [--gpu] [--no-write]
 
 The last line printed is the clips/clip memory ratio at batch 64 (goal: <= 1.5).
 """
@@ -116,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="32,64,128", help="batch sizes per rank")
     parser.add_argument("--full-batches", default="32,64",
                         help="batches for the old full-logits clips step (128: ~10 GB on CPU)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per process")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="processes per configuration (medians are reported)")
     parser.add_argument("--gpu", action="store_true", help="one GPU, bf16, peak allocated")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     for objective, batch, loss in configs:
         spec = {"objective": objective, "batch": batch, "loss": loss, "device": device,
                 "steps": args.steps}
-        r = rows[objective, batch, loss] = measure(spec)
+        runs = [measure(spec) for _ in range(args.repeats)]
+        r = rows[objective, batch, loss] = {
+            **runs[0], **{k: median([x[k] for x in runs]) for k in ("peak_mb", "samples_s")}}
         print(f"{objective:5} {loss:7} batch {batch:4}: peak {r['peak_mb']:8,.0f} MB "
               f"(estimate {r['estimate_mb']:7,.0f}; {r['start_rss_mb']:,.0f} MB after imports, "
               f"{r['model_rss_mb']:,.0f} with the model), {r['samples_s']:7.1f} samples/s",
@@ -143,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     body = ["## Training step memory: clip vs clips (`bench/train_memory.py`)", "",
             f"One training step (forward, loss, backward, AdamW) of {MODEL} with the full CLIP "
             f"vocabulary (49,408 tokens), CLIPS decoder sized like the text tower (default) "
-            f"with 128 queries; {what}; each configuration in its own process; samples/s "
-            f"median of {args.steps} steps after one warm-up. \"full\" is the clips step "
+            f"with 128 queries; {what}; each configuration in {args.repeats} processes of its "
+            f"own, {args.steps} timed steps each after one warm-up; medians. \"full\" is the clips step "
             "before this change (whole batch x 128 x 49,408 logits, "
             "`train.caption_loss=full`). Estimate: training/memory.py's formula for the "
             f"same step (no loader). Load average {load:.1f} at the start, "

@@ -8,7 +8,8 @@
   cross-attention, no teacher forcing); query i predicts token i+1 of the full synthetic caption.
 - `caption_labels`: that target, shifted left by one, padding ignored.
 - `clips_loss`: contrastive_weight * mean(InfoNCE(img, raw), InfoNCE(img, fragment)) +
-  caption_weight * token cross-entropy, the two InfoNCE terms on separate logit matrices.
+  caption_weight * token cross-entropy, the two InfoNCE terms on separate logit matrices; the
+  cross-entropy is chunked (training/caption_loss.py), so the logits are never whole.
 
 The text side uses the model's own open_clip tokenizer (BPE, [SOT] ids [EOT] pad), not the
 paper's BERT WordPiece with a trailing [CLS]; the pooling token is the model's own (EOT).
@@ -105,8 +106,13 @@ def decoder_allowed(prefix: int, queries: int) -> "torch.Tensor":
 def decoder_shape(cfg, text_width: int, text_layers: int, text_heads: int
                   ) -> tuple[int, int, int]:
     """(width, layers, heads) of the decoder: the ClipsConfig's, the text tower's where unset."""
-    return (cfg.decoder_width or text_width, cfg.decoder_layers or text_layers,
-            cfg.decoder_heads or text_heads)
+    from capmix.errors import ConfigError
+
+    width, heads = cfg.decoder_width or text_width, cfg.decoder_heads or text_heads
+    if width % heads:
+        raise ConfigError("train.clips.decoder_heads", f"{heads} heads do not divide the "
+                          f"decoder width {width}")
+    return width, cfg.decoder_layers or text_layers, heads
 
 
 def build_decoder(image_width: int, text_width: int, vocab_size: int, cfg,

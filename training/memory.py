@@ -24,12 +24,14 @@ The estimate is affine in the batch per rank b, so the largest batch that fits i
   q x V x 4 x FULL_COPIES per sample (logits, log-softmax, their gradients).
 - input, per sample: uint8 image, its float and normalised copies (3 x H x W x 9 bytes).
 
-Calibration (bench/train_memory.py, tiny-clip, CPU fp32; docs/benchmarks.md has the estimate
-next to each measured peak): clip's peak grows 0.66 MB per sample (formula: 0.45 MB of block
-values -> ACTIVATION_FACTOR 1.45), clips' 2.9 MB (formula 3.3: 15% high); the old full-logits
-clips step needs 66 MB per sample more than the chunked one (q x V x 4 = 25.3 MB: 2.6 copies
--> FULL_COPIES 3); fixed parts within 10%. The GPU constants are not calibrated (no GPU was
-measured).
+Calibration (bench/train_memory.py, tiny-clip, CPU fp32, one process per configuration;
+docs/benchmarks.md has the estimate next to each measured peak): clip's peak grows 0.66 MB per
+sample (the block values: 0.45 MB -> ACTIVATION_FACTOR 1.45), clips' 3.1 MB (formula 3.2); the
+old full-logits clips step 66 MB per sample more than the chunked one (q x V x 4 = 25.3 MB, so
+2.6 copies -> FULL_COPIES 3); the fixed parts (STEP_CPU, CHUNK_COPIES) to within 3% of the
+measured peaks at batch 32-128. A real 2-rank run (tiny-clip clips, 64 per rank, loader with
+2 threads) peaked at 1,655 MB per rank against an estimate of 1,822 (LOADER_CPU is the high
+side). The GPU constants are not calibrated (no GPU was measured).
 """
 from __future__ import annotations
 
@@ -42,11 +44,11 @@ if TYPE_CHECKING:
     from capmix.config import TrainConfig
 
 MB = 2**20
-STEP_CPU = 80 * MB
-LOADER_CPU = 250 * MB
+STEP_CPU = 120 * MB
+LOADER_CPU = 200 * MB
 RUNTIME_GPU = 1024 * MB
 ACTIVATION_FACTOR = 1.45
-CHUNK_COPIES = 3
+CHUNK_COPIES = 4
 FULL_COPIES = 3
 
 
