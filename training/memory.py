@@ -29,9 +29,9 @@ docs/benchmarks.md has the estimate next to each measured peak): clip's peak gro
 sample (the block values: 0.45 MB -> ACTIVATION_FACTOR 1.45), clips' 3.1 MB (formula 3.2); the
 old full-logits clips step 66 MB per sample more than the chunked one (q x V x 4 = 25.3 MB, so
 2.6 copies -> FULL_COPIES 3); the fixed parts (STEP_CPU, CHUNK_COPIES) to within 3% of the
-measured peaks at batch 32-128. A real 2-rank run (tiny-clip clips, 64 per rank, loader with
-2 threads) peaked at 1,655 MB per rank against an estimate of 1,822 (LOADER_CPU is the high
-side). The GPU constants are not calibrated (no GPU was measured).
+measured peaks at batch 32-128. A real 2-rank run (`capmix train --model tiny-clip --nproc 2
+--objective clips --samples 200` on a 114-image export: 64 per rank, loader with 2 threads)
+peaked at 1,666 and 1,736 MB against an estimate of 1,801 (LOADER_CPU is the high side). The GPU constants are not calibrated (no GPU was measured).
 """
 from __future__ import annotations
 

@@ -213,9 +213,23 @@ def _restore(state: dict, tcfg: TrainConfig, module, optimizer) -> int:
                              "(samples-seen accounting would break); use a new --out")
     module.clip.load_state_dict(state["model"])
     if module.decoder is not None:
+        _check_decoder(saved.get("clips") or {}, module.decoder)
         module.decoder.load_state_dict(state["decoder"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
+
+
+def _check_decoder(saved: dict, decoder) -> None:
+    """A checkpoint from before the decoder was sized like the text tower (512/12/8 for every
+    model) resumes only with those sizes given again: say which."""
+    built = {"decoder_width": int(decoder.queries.shape[1]),
+             "decoder_layers": len(decoder.blocks.layers),
+             "decoder_heads": int(decoder.blocks.layers[0].self_attn.num_heads)}
+    wrong = {k: saved[k] for k, v in built.items() if saved.get(k) not in (None, v)}
+    if wrong:
+        sets = " ".join(f"--set train.clips.{k}={v}" for k, v in wrong.items())
+        raise InputError(f"cannot resume: the checkpoint's CLIPS decoder has "
+                         f"{', '.join(f'{k}={v}' for k, v in wrong.items())}; resume with {sets}")
 
 
 def _loop(tcfg: TrainConfig, ctx: Dist, wrapped, module, optimizer, stream, tracker,
