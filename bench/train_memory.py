@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     for b in batches:
         clip, clips = rows.get(("clip", b, "chunked")), rows.get(("clips", b, "chunked"))
         old = rows.get(("clips", b, "full"))
-        text = f"batch {b}: clips/clip memory {clips['peak_mb'] / clip['peak_mb']:.2f}x"
+        text = (f"batch {b}: clips/clip memory {clips['peak_mb'] / clip['peak_mb']:.2f}x "
+                f"(above the {clip['start_rss_mb']:,.0f} MB a process holds after importing "
+                f"torch and open_clip: {(clips['peak_mb'] - clips['start_rss_mb']) / (clip['peak_mb'] - clip['start_rss_mb']):.2f}x)")
         if old:
             text += (f"; chunked vs full clips: memory {clips['peak_mb'] / old['peak_mb']:.2f}x,"
                      f" samples/s {clips['samples_s'] / old['samples_s']:.2f}x")
