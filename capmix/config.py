@@ -222,10 +222,13 @@ class ClipsConfig:
     fragment_tokens: int = 32
     # Learnable queries = predicted tokens of the full synthetic caption (128 in CLIPS).
     decoder_length: int = 128
-    # [OV] B-size decoder: width 512, 12 layers, 8 heads, MLP 2048.
-    decoder_width: int = 512
-    decoder_layers: int = 12
-    decoder_heads: int = 8
+    # None: the text tower's width, layers and heads. That is the notes' pairing of decoder and
+    # model ([OV] B = 512/12/8 for ViT-B, L = 768/12/12, H = 1024/24/16 are exactly the text
+    # towers of ViT-B, L and H), and keeps a tiny model's decoder tiny: a B-size decoder on
+    # tiny-clip would be 20x the model it trains.
+    decoder_width: Optional[int] = None
+    decoder_layers: Optional[int] = None
+    decoder_heads: Optional[int] = None
     decoder_mlp_ratio: float = 4.0
     contrastive_weight: float = 1.0
     caption_weight: float = 2.0
@@ -233,9 +236,11 @@ class ClipsConfig:
     def validate(self, key: str) -> None:
         _check(self.fragment_tokens > 0, f"{key}.fragment_tokens", "must be positive")
         _check(self.decoder_length >= 2, f"{key}.decoder_length", "must be >= 2")
-        _check(self.decoder_width > 0 and self.decoder_layers > 0 and self.decoder_heads > 0,
+        _check(all(v is None or v > 0 for v in (self.decoder_width, self.decoder_layers,
+                                                 self.decoder_heads)),
                f"{key}.decoder_width", "decoder width, layers and heads must be positive")
-        _check(self.decoder_width % self.decoder_heads == 0, f"{key}.decoder_heads",
+        _check(None in (self.decoder_width, self.decoder_heads)
+               or self.decoder_width % self.decoder_heads == 0, f"{key}.decoder_heads",
                "must divide decoder_width")
         _check(self.decoder_mlp_ratio > 0, f"{key}.decoder_mlp_ratio", "must be positive")
         _check(self.contrastive_weight >= 0 and self.caption_weight >= 0,
@@ -281,6 +286,13 @@ class TrainConfig:
     clips: ClipsConfig = field(default_factory=ClipsConfig)
     # coca: loss = contrastive + caption_weight x captioning (open_clip's CoCa default: 2).
     coca_caption_weight: float = 2.0
+    # The caption loss (clips, coca): chunked never materialises the batch x positions x vocab
+    # logits (training/caption_loss.py); full does, as before (kept for comparison).
+    caption_loss: Literal["chunked", "full"] = "chunked"
+    # Memory per rank (MB) the estimated peak must fit in before the ranks start; None: what
+    # the machine has (MemAvailable or the cgroup limit, divided by the ranks per node; a
+    # GPU's free memory); 0: no check (training/memory.py).
+    memory_mb: Optional[float] = None
 
     def validate(self, key: str) -> None:
         _check(bool(self.model.strip()), f"{key}.model", "must not be empty")
@@ -300,6 +312,8 @@ class TrainConfig:
         _check(self.checkpoint_every > 0, f"{key}.checkpoint_every", "must be positive")
         _check(self.keep_checkpoints > 0, f"{key}.keep_checkpoints", "must be positive")
         _check(self.log_every > 0, f"{key}.log_every", "must be positive")
+        _check(self.memory_mb is None or self.memory_mb >= 0, f"{key}.memory_mb",
+               "must be >= 0 (0: no memory check)")
 
 
 @dataclass(frozen=True)

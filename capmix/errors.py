@@ -35,3 +35,9 @@ class ConflictError(CapmixError):
     current step was committed, and a re-run completes the work."""
 
     exit_code = 2
+
+
+class ResourceError(CapmixError):
+    """The run would not fit in the memory the machine has; found before anything starts."""
+
+    exit_code = 2

@@ -186,3 +186,24 @@ def test_model_names_and_optional_mlflow():
     except ImportError:
         with pytest.raises(ConfigError, match="mlflow is not installed"):
             check_mlflow("http://tracking:5000")
+
+
+def test_decoder_is_sized_like_the_text_tower_unless_configured():
+    from capmix.config import ClipsConfig
+    from capmix.errors import ConfigError, InputError
+    from training.clips import build_decoder, decoder_shape
+    from training.train import _check_decoder
+
+    # The notes' pairing: ViT-B's text tower (512 wide, 12 layers, 8 heads) is the B decoder.
+    assert decoder_shape(ClipsConfig(), 512, 12, 8) == (512, 12, 8)
+    assert decoder_shape(ClipsConfig(), 64, 2, 2) == (64, 2, 2)  # tiny-clip: a tiny decoder
+    assert decoder_shape(ClipsConfig(decoder_layers=3), 64, 2, 2) == (64, 3, 2)
+    with pytest.raises(ConfigError, match="decoder_heads"):
+        decoder_shape(ClipsConfig(decoder_width=100), 64, 2, 8)
+    dec = build_decoder(12, 64, 30, ClipsConfig(decoder_length=4), 2, 2)
+    _check_decoder({"decoder_width": None, "decoder_layers": None}, dec)  # sized the same way
+    _check_decoder({"decoder_width": 64, "decoder_layers": 2, "decoder_heads": 2}, dec)
+    # A checkpoint of the former 512/12/8 default names the settings that resume it.
+    with pytest.raises(InputError, match="--set train.clips.decoder_width=512 --set "
+                                         "train.clips.decoder_layers=12"):
+        _check_decoder({"decoder_width": 512, "decoder_layers": 12, "decoder_heads": 8}, dec)

@@ -119,6 +119,9 @@ def test_clips_mode_trains_contrastive_and_captioning(toy_export, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     steps = [r for r in read_log(out) if r["event"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    # The rank records its estimated peak at start and its measured peak with each step.
+    start = next(r for r in read_log(out) if r["event"] == "start")
+    assert start["estimated_peak_mb"] > 0 and all(r["peak_memory_mb"] > 0 for r in steps)
     for r in steps:  # loss = 1 x contrastive + 2 x captioning, averaged over the ranks
         assert r["loss"] == pytest.approx(r["loss_contrastive"] + 2 * r["loss_caption"],
                                           rel=1e-4)
@@ -160,3 +163,38 @@ def test_capmix_train_builds_the_torchrun_command(toy_export):
 
     with pytest.raises(InputError, match="row group"):  # 2 row groups for 4 ranks
         launch.check_args(cfg, args)
+
+
+def test_capmix_train_refuses_a_run_that_does_not_fit_in_one_line(toy_export, tmp_path,
+                                                                   capsys, monkeypatch):
+    import re
+
+    from capmix.cli import main
+    from training import launch, memory
+
+    launched = []
+    monkeypatch.setattr(launch.subprocess, "call", lambda *a, **k: launched.append(a) or 0)
+    # The runtime term is this process's RSS, which under pytest is not a rank's.
+    monkeypatch.setattr(memory, "rss", lambda: 900 * 2**20)
+    base = ["train", "--data", str(toy_export / "clips"), "--out", str(tmp_path / "o"),
+            "--model", "tiny-clip", "--objective", "clips", "--nproc", "2", "--batch-size",
+            "128"]
+    # A rank's estimate at 64 per rank is ~1.7 GB; 1,600 MB fits a smaller batch.
+    capsys.readouterr()
+    assert main([*base, "--set", "train.memory_mb=1600"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and not launched  # one line, and no rank was started
+    found = re.search(r"estimated peak memory ([\d.,]+ [GM]B) per rank at batch 64 per rank "
+                      r"exceeds the 1,600 MB a rank has \(train.memory_mb\); the largest batch "
+                      r"that fits is (\d+) \((\d+) per rank\)", err)
+    assert found, err
+    fits = int(found.group(3))
+    assert 0 < fits < 64 and int(found.group(2)) == 2 * fits
+    # That batch is accepted, and the ranks are launched.
+    assert main([*base[:-1], str(2 * fits), "--set", "train.memory_mb=1600"]) == 0
+    assert len(launched) == 1
+    capsys.readouterr()
+    # Too little for the model itself: no batch fits, still one line and exit 2.
+    assert main([*base, "--set", "train.memory_mb=50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err.strip() and "no batch fits" in err and len(launched) == 1

@@ -8,7 +8,8 @@
   cross-attention, no teacher forcing); query i predicts token i+1 of the full synthetic caption.
 - `caption_labels`: that target, shifted left by one, padding ignored.
 - `clips_loss`: contrastive_weight * mean(InfoNCE(img, raw), InfoNCE(img, fragment)) +
-  caption_weight * token cross-entropy, the two InfoNCE terms on separate logit matrices.
+  caption_weight * token cross-entropy, the two InfoNCE terms on separate logit matrices; the
+  cross-entropy is chunked (training/caption_loss.py), so the logits are never whole.
 
 The text side uses the model's own open_clip tokenizer (BPE, [SOT] ids [EOT] pad), not the
 paper's BERT WordPiece with a trailing [CLS]; the pooling token is the model's own (EOT).
@@ -23,6 +24,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+    from training.caption_loss import HeadInputs
 
 STRATEGIES = ("sub-caption", "block", "truncation", "random")
 IGNORE_INDEX = -100
@@ -100,11 +103,24 @@ def decoder_allowed(prefix: int, queries: int) -> "torch.Tensor":
     return allowed
 
 
-def build_decoder(image_width: int, text_width: int, vocab_size: int, cfg) -> "torch.nn.Module":
-    """A `CaptionDecoder` sized by a ClipsConfig."""
+def decoder_shape(cfg, text_width: int, text_layers: int, text_heads: int
+                  ) -> tuple[int, int, int]:
+    """(width, layers, heads) of the decoder: the ClipsConfig's, the text tower's where unset."""
+    from capmix.errors import ConfigError
+
+    width, heads = cfg.decoder_width or text_width, cfg.decoder_heads or text_heads
+    if width % heads:
+        raise ConfigError("train.clips.decoder_heads", f"{heads} heads do not divide the "
+                          f"decoder width {width}")
+    return width, cfg.decoder_layers or text_layers, heads
+
+
+def build_decoder(image_width: int, text_width: int, vocab_size: int, cfg,
+                  text_layers: int = 12, text_heads: int = 8) -> "torch.nn.Module":
+    """A `CaptionDecoder` sized by a ClipsConfig (unset sizes: the text tower's)."""
+    width, layers, heads = decoder_shape(cfg, text_width, text_layers, text_heads)
     return _decoder_class()(image_width, text_width, vocab_size, cfg.decoder_length,
-                            cfg.decoder_width, cfg.decoder_layers, cfg.decoder_heads,
-                            cfg.decoder_mlp_ratio)
+                            width, layers, heads, cfg.decoder_mlp_ratio)
 
 
 def _decoder_class():
@@ -132,49 +148,52 @@ def _decoder_class():
             self.ln = nn.LayerNorm(width)
             self.head = nn.Linear(width, vocab_size)
 
-        def forward(self, image_tokens: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+        def forward(self, image_tokens: torch.Tensor, text_states: torch.Tensor,
+                    project: bool = True) -> torch.Tensor:
+            """[batch, length, vocab] logits; with project=False the [batch, length, width]
+            states before the vocabulary head (the chunked caption loss applies the head)."""
             batch = image_tokens.shape[0]
             prefix = torch.cat([self.image_proj(image_tokens), self.text_proj(text_states)], 1)
             queries = self.queries.to(prefix.dtype).unsqueeze(0).expand(batch, -1, -1)
             x = torch.cat([prefix, queries], dim=1)
             # nn.Transformer masks: True = may NOT attend.
             mask = ~decoder_allowed(prefix.shape[1], self.length).to(x.device)
-            x = self.blocks(x, mask=mask)
-            return self.head(self.ln(x[:, prefix.shape[1]:]))  # [batch, length, vocab]
+            x = self.ln(self.blocks(x, mask=mask)[:, prefix.shape[1]:])
+            return self.head(x) if project else x
 
     return CaptionDecoder
 
 
-def caption_loss(logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
-    """Mean token cross-entropy over the non-padding targets."""
-    import torch.nn.functional as F
+def caption_loss(logits: "torch.Tensor | HeadInputs", labels: "torch.Tensor",
+                 mode: str = "chunked") -> "torch.Tensor":
+    """Mean token cross-entropy over the non-padding targets, of logits or of a decoder's
+    HeadInputs (chunked: the logits are never materialised; training/caption_loss.py)."""
+    from training.caption_loss import caption_cross_entropy
 
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    return caption_cross_entropy(logits, labels, IGNORE_INDEX, mode)
 
 
-def coca_loss(contrastive: Callable, out: dict, caption_weight: float = 2.0
-              ) -> dict[str, "torch.Tensor"]:
+def coca_loss(contrastive: Callable, out: dict, caption_weight: float = 2.0,
+              mode: str = "chunked") -> dict[str, "torch.Tensor"]:
     """CoCa's objective (open_clip's CoCaLoss): InfoNCE + weighted next-token cross-entropy.
     Padding is token 0 in open_clip's tokenizers, which CoCa's loss ignores too."""
-    import torch.nn.functional as F
+    from training.caption_loss import caption_cross_entropy
 
     con = contrastive(out["image"], out["text"], out["logit_scale"])
-    logits = out["caption_logits"]
-    cap = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                          out["caption_labels"].reshape(-1), ignore_index=0)
+    cap = caption_cross_entropy(out["caption_logits"], out["caption_labels"], 0, mode)
     return {"loss": con + caption_weight * cap, "contrastive": con.detach(),
             "caption": cap.detach()}
 
 
 def clips_loss(contrastive: Callable, image: "torch.Tensor", raw: "torch.Tensor",
-               fragment: "torch.Tensor", logit_scale: "torch.Tensor", logits: "torch.Tensor",
-               labels: "torch.Tensor", contrastive_weight: float = 1.0,
-               caption_weight: float = 2.0) -> dict[str, "torch.Tensor"]:
+               fragment: "torch.Tensor", logit_scale: "torch.Tensor",
+               logits: "torch.Tensor | HeadInputs", labels: "torch.Tensor",
+               contrastive_weight: float = 1.0, caption_weight: float = 2.0,
+               mode: str = "chunked") -> dict[str, "torch.Tensor"]:
     """The CLIPS objective. `contrastive(image, text, logit_scale)` is a symmetric InfoNCE
     (open_clip's ClipLoss): called twice, so raw captions and fragments are never each other's
-    negatives; one shared temperature."""
+    negatives; one shared temperature. `logits`: the decoder's logits or its HeadInputs."""
     con = 0.5 * (contrastive(image, raw, logit_scale) + contrastive(image, fragment, logit_scale))
-    cap = caption_loss(logits, labels)
+    cap = caption_loss(logits, labels, mode)
     return {"loss": contrastive_weight * con + caption_weight * cap,
             "contrastive": con.detach(), "caption": cap.detach()}

@@ -3,7 +3,8 @@
     capmix train --data exports/mix50 --model ViT-B-32 --nproc 8 --out runs/mix50
     capmix train --data exports/mix50_clips --objective clips --nproc 8 --out runs/clips --resume
 
-The configuration is validated here first (one clear error, nothing started), then every
+The configuration is validated here first (one clear error, nothing started), the peak memory
+of a rank is estimated and checked against the machine's (training/memory.py), then every
 setting travels to the ranks as `--set key=value`, so `torchrun -m training.train` run by hand
 with the same flags trains the same model. No Spark session is started.
 """
@@ -92,6 +93,11 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def run(cfg: Config, args: argparse.Namespace, env: Optional[dict] = None) -> int:
+    from training.memory import check
+
+    # Refuse a run whose estimated peak does not fit before any rank starts (exit 2), instead
+    # of the kernel's OOM killer ending a rank mid-step.
+    check(cfg.train, args.nproc * args.nnodes, args.nproc)
     cmd = torchrun_command(cfg, args)
     return subprocess.call(cmd, env={**os.environ, **(env or {})})
 

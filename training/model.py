@@ -5,6 +5,7 @@ Images arrive as uint8 [B, 3, H, W] from the loader and are normalised here, on 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -78,14 +79,22 @@ def resolve_train_arch(name: str, objective: str) -> str:
     return resolve_arch(name)
 
 
-def build(cfg: "TrainConfig", vocab_size: Optional[int] = None):
-    """(clip model, decoder or None, Preprocess, context length) for a training config."""
+def build(cfg: "TrainConfig", vocab_size: Optional[int] = None, device: str = "cpu"):
+    """(clip model, decoder or None, Preprocess, context length) for a training config.
+    device="meta": shapes without storage (the memory estimate sizes any model in no time)."""
+    import torch
+
+    with torch.device(device):
+        return _build(cfg, vocab_size, device)
+
+
+def _build(cfg: "TrainConfig", vocab_size: Optional[int], device: str):
     from capmix.errors import InputError
     from capmix.models import create_open_clip
 
     arch = resolve_train_arch(cfg.model, cfg.objective)
     check_arch(arch)
-    clip = create_open_clip(arch, pretrained=None)[0]
+    clip = create_open_clip(arch, pretrained=None, device=device)[0]
     is_coca = hasattr(clip, "text_decoder")
     if (cfg.objective == "coca") != is_coca:
         raise InputError(f"{arch!r} is {'a' if is_coca else 'not a'} CoCa architecture: "
@@ -98,15 +107,42 @@ def build(cfg: "TrainConfig", vocab_size: Optional[int] = None):
         from training.clips import build_decoder
 
         image_width = clip.visual.transformer.width
-        text_width = _text_width(clip)
         vocab = vocab_size or int(getattr(clip, "vocab_size", 0) or clip.text.vocab_size)
-        decoder = build_decoder(image_width, text_width, vocab, cfg.clips)
+        text_width, text_layers, text_heads = text_shape(clip)
+        decoder = build_decoder(image_width, text_width, vocab, cfg.clips, text_layers,
+                                text_heads)
     return clip, decoder, pre, context
 
 
-def _text_width(clip) -> int:
+def text_shape(clip) -> tuple[int, int, int]:
+    """(width, layers, heads) of the model's text transformer."""
     transformer = getattr(clip, "transformer", None) or clip.text.transformer
-    return int(transformer.width)
+    attn = transformer.resblocks[0].attn
+    heads = getattr(attn, "num_heads", None) or getattr(attn, "heads", None) or 8
+    return int(transformer.width), int(transformer.layers), int(heads)
+
+
+@contextmanager
+def _without_projection(decoder):
+    """CoCa's text decoder returning its states before the vocabulary projection (open_clip
+    applies `text_projection` only when it is set), so the chunked loss applies it instead."""
+    proj = decoder.text_projection
+    decoder.text_projection = None
+    try:
+        yield proj
+    finally:
+        decoder.text_projection = proj
+
+
+def coca_forward(clip, images, text) -> dict[str, Any]:
+    """open_clip's own `CoCa.forward`, with the caption decoder's output as HeadInputs (its
+    states and the projection as a [vocab, width] weight) instead of [batch, length, vocab]
+    logits; the labels are CoCa's (the caption shifted by one)."""
+    from training.caption_loss import HeadInputs
+
+    with _without_projection(clip.text_decoder) as proj:
+        out = clip(images, text)
+    return {**out, "logits": HeadInputs(out["logits"], proj.t())}
 
 
 def train_module(clip, decoder, pre: Preprocess, objective: str = "clip") -> "torch.nn.Module":
@@ -123,9 +159,9 @@ def train_module(clip, decoder, pre: Preprocess, objective: str = "clip") -> "to
             images = normalize(batch["image"], pre)
             scale = self.clip.logit_scale.exp()
             if objective == "coca":
-                # CoCa's own forward: pooled features for the contrastive loss, and next-token
-                # logits over the caption with its labels (the caption shifted by one).
-                out = self.clip(images, batch["text"])
+                # CoCa's own forward: pooled features for the contrastive loss, and the
+                # decoder's states + head for next-token prediction, with its labels.
+                out = coca_forward(self.clip, images, batch["text"])
                 return {"image": out["image_features"], "text": out["text_features"],
                         "logit_scale": scale, "caption_logits": out["logits"],
                         "caption_labels": out["labels"]}
@@ -144,8 +180,12 @@ def train_module(clip, decoder, pre: Preprocess, objective: str = "clip") -> "to
                 text=torch.cat([batch["raw"], batch["fragment"]]), text_indices=1,
                 normalize=True)
             raw_states = txt["text_intermediates"][-1][:n]
+            from training.caption_loss import HeadInputs
+
+            hidden = self.decoder(img["image_intermediates"][-1], raw_states, project=False)
+            head = self.decoder.head
             return {"image": img["image_features"], "raw": txt["text_features"][:n],
                     "fragment": txt["text_features"][n:], "logit_scale": scale,
-                    "logits": self.decoder(img["image_intermediates"][-1], raw_states)}
+                    "logits": HeadInputs(hidden, head.weight, head.bias)}
 
     return Trainable()

@@ -141,10 +141,14 @@ def run(cfg: Config, data: str, out: str, resume: bool = False) -> dict[str, Any
                       mlflow_uri(tcfg.mlflow_uri), tcfg.mlflow_experiment, run_name)
     if ctx.main:
         _write_json(Path(out) / "train_config.json", meta)
+    from training.memory import estimate
+
+    peak = estimate(tcfg, module, tcfg.batch_size // ctx.world, ctx.world, ctx.device.type)
     tracker.record("start", start_step=start, samples_seen=start * tcfg.batch_size,
                    steps=steps, samples=samples, global_batch=tcfg.batch_size,
                    world_size=ctx.world, resumed_from=str(latest) if latest else None,
-                   device=str(ctx.device), objective=tcfg.objective)
+                   device=str(ctx.device), objective=tcfg.objective,
+                   estimated_peak_mb=round(peak.total / 2**20), params=peak.params)
     if start < steps:
         stream = batches(info, _sample_spec(tcfg, pre.size, context), LoaderOptions(
             batch_size=tcfg.batch_size // ctx.world, rank=ctx.rank, world=ctx.world,
@@ -209,9 +213,23 @@ def _restore(state: dict, tcfg: TrainConfig, module, optimizer) -> int:
                              "(samples-seen accounting would break); use a new --out")
     module.clip.load_state_dict(state["model"])
     if module.decoder is not None:
+        _check_decoder(saved.get("clips") or {}, module.decoder)
         module.decoder.load_state_dict(state["decoder"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
+
+
+def _check_decoder(saved: dict, decoder) -> None:
+    """A checkpoint from before the decoder was sized like the text tower (512/12/8 for every
+    model) resumes only with those sizes given again: say which."""
+    built = {"decoder_width": int(decoder.queries.shape[1]),
+             "decoder_layers": len(decoder.blocks.layers),
+             "decoder_heads": int(decoder.blocks.layers[0].self_attn.num_heads)}
+    wrong = {k: saved[k] for k, v in built.items() if saved.get(k) not in (None, v)}
+    if wrong:
+        sets = " ".join(f"--set train.clips.{k}={v}" for k, v in wrong.items())
+        raise InputError(f"cannot resume: the checkpoint's CLIPS decoder has "
+                         f"{', '.join(f'{k}={v}' for k, v in wrong.items())}; resume with {sets}")
 
 
 def _loop(tcfg: TrainConfig, ctx: Dist, wrapped, module, optimizer, stream, tracker,
@@ -267,13 +285,14 @@ def _loss_fn(tcfg: TrainConfig, ctx: Dist):
 
     def compute(out: dict, batch: dict) -> dict:
         if "caption_logits" in out:
-            return coca_loss(contrastive, out, tcfg.coca_caption_weight)
+            return coca_loss(contrastive, out, tcfg.coca_caption_weight, tcfg.caption_loss)
         if "logits" not in out:
             loss = contrastive(out["image"], out["text"], out["logit_scale"])
             return {"loss": loss}
         return clips_loss(contrastive, out["image"], out["raw"], out["fragment"],
                           out["logit_scale"], out["logits"], batch["labels"],
-                          weights.contrastive_weight, weights.caption_weight)
+                          weights.contrastive_weight, weights.caption_weight,
+                          tcfg.caption_loss)
 
     return compute
 
@@ -292,8 +311,20 @@ def _metrics(parts: dict, ctx: Dist, lr: float, module, step: int, batch: int,
         values /= ctx.world
     metrics = {("loss" if n == "loss" else f"loss_{n}"): float(v) for n, v in zip(names, values)}
     metrics.update(lr=lr, samples_seen=step * batch, samples_per_s=rate,
-                   logit_scale=float(module.clip.logit_scale.exp()))
+                   logit_scale=float(module.clip.logit_scale.exp()),
+                   peak_memory_mb=_peak_memory_mb(ctx))
     return metrics
+
+
+def _peak_memory_mb(ctx: Dist) -> float:
+    """This rank's peak so far: allocated on a GPU, resident on CPU (the estimate's terms)."""
+    if ctx.device.type == "cuda":
+        import torch
+
+        return round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _write_json(path: Path, data: dict) -> None:
