@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_scale_benchmark_runs_every_stage_and_prints_its_line():
     cmd = [sys.executable, "-m", "bench.scale", "--sizes", "200", "--shard-rows", "50",
            "--units-per-commit", "2", "--caption-chunk", "100", "--score-chunk", "200",
-           "--image", "16", "--master", "local[1]", "--no-split", "--no-write"]
+           "--image", "16", "--master", "local[1]", "--warmup", "0", "--no-split",
+           "--no-write"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
