@@ -97,6 +97,60 @@ def build_conf(cfg: SparkConfig, lake: LakeConfig | None = None) -> dict[str, st
     return conf
 
 
+# What the launcher decides for a driver it starts (spark-submit's --master, --driver-memory,
+# --conf ...): set in code they would silently override its flags.
+LAUNCHER_OWNED = frozenset({
+    "spark.master", "spark.submit.deployMode", "spark.app.name", "spark.driver.memory",
+    "spark.default.parallelism", "spark.sql.shuffle.partitions", "spark.jars",
+    "spark.jars.packages", "spark.driver.extraJavaOptions",
+})
+
+
+def launcher_conf() -> dict[str, str] | None:
+    """The conf of the JVM that started this Python driver, or None when capmix starts Spark.
+
+    spark-submit (and `pyspark`) start the JVM first and hand the driver its gateway in
+    PYSPARK_GATEWAY_PORT; the JVM's `spark.*` system properties are then the launcher's
+    settings (its --master, --conf ...)."""
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return None
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
+
+
+def for_launched(conf: dict[str, str], launched: dict[str, str],
+                 delta_loadable: bool) -> dict[str, str]:
+    """The part of capmix's `conf` to add to a session whose JVM a launcher started: nothing
+    the launcher owns (`LAUNCHER_OWNED`) or set itself, and Delta's extension and catalog only
+    when its classes are already on the JVM (spark-submit's --packages; jars cannot be added to
+    a running driver), else the lake falls back to delta-rs and says so."""
+    from capmix import jars
+
+    delta_keys = {"spark.sql.extensions": jars.DELTA_EXTENSIONS,
+                  "spark.sql.catalog.spark_catalog": jars.DELTA_CATALOG}
+    out = {k: v for k, v in conf.items()
+           if k not in LAUNCHER_OWNED and k not in launched and k not in delta_keys}
+    if delta_loadable:
+        for key, value in delta_keys.items():
+            if key == "spark.sql.extensions" and launched.get(key):
+                merged = dict(launched)
+                _merge_list(merged, key, value)
+                out[key] = merged[key]
+            elif key not in launched:
+                out[key] = value
+    return out
+
+
+def _delta_on_jvm() -> bool:
+    from py4j.java_gateway import JavaClass
+    from pyspark import SparkContext
+
+    jvm = SparkContext._jvm
+    return jvm is not None and isinstance(jvm.io.delta.tables.DeltaTable, JavaClass)
+
+
 def active_session() -> "SparkSession | None":
     from pyspark.sql import SparkSession
 
@@ -105,9 +159,10 @@ def active_session() -> "SparkSession | None":
 
 def get_or_create(cfg: SparkConfig, lake: LakeConfig | None = None
                   ) -> tuple["SparkSession", bool]:
-    """(session, created): the active session if there is one, else a new local/cluster one
-    (with Spark's own Delta Lake loaded unless `lake.backend` is delta-rs or its jars are not
-    cached: `delta_conf`)."""
+    """(session, created): the active session if there is one, else a new one (with Spark's own
+    Delta Lake loaded unless `lake.backend` is delta-rs or its jars are not cached:
+    `delta_conf`). The YAML's master and sizes apply only when capmix starts Spark itself: a
+    driver started by spark-submit keeps the launcher's settings (`for_launched`)."""
     from pyspark.sql import SparkSession
 
     spark = SparkSession.getActiveSession()
@@ -118,7 +173,11 @@ def get_or_create(cfg: SparkConfig, lake: LakeConfig | None = None
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = SparkSession.builder
-        for key, value in build_conf(cfg, lake).items():
+        conf = build_conf(cfg, lake)
+        launched = launcher_conf()
+        if launched is not None:  # spark-submit's master, sizes and jars stay its own
+            conf = for_launched(conf, launched, _delta_on_jvm())
+        for key, value in conf.items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("ERROR")

@@ -43,3 +43,51 @@ def test_observed_counts_on_the_way_and_never_blocks(spark, tmp_path):
     assert calls == []
     assert observed(write(spark.range(0), "none"), "ok", fallback, wait_s=1) == -1
     assert calls == [1]
+
+
+SUBMITTED = """
+import json
+from capmix.config import LakeConfig, SparkConfig
+from capmix.lake import open_lake
+from capmix.spark import get_or_create
+spark, _ = get_or_create(SparkConfig(master="local[2]", shuffle_partitions=7), LakeConfig())
+lake = open_lake(spark, LakeConfig(path={lake!r}))
+print("CONF " + json.dumps({{
+    "master": spark.sparkContext.master,
+    "shuffle": spark.conf.get("spark.sql.shuffle.partitions"),
+    "utc": spark.conf.get("spark.sql.session.timeZone"),
+    "backend": type(lake).__name__}}))
+"""
+
+
+def test_spark_submit_keeps_its_own_master_and_settings(tmp_path):
+    """Under spark-submit the YAML's master and sizes do not override the launcher's flags;
+    capmix adds its correctness settings and Delta's SQL extension (the jars came with
+    --jars, as --packages would bring them)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pyspark.find_spark_home import _find_spark_home
+
+    from capmix import jars
+
+    cached = jars.cached_jars(jars.delta_coordinates())
+    assert cached, "Delta's jars are fetched at install (python -m capmix.jars fetch)"
+    script = tmp_path / "job.py"
+    script.write_text(SUBMITTED.format(lake=str(tmp_path / "lake")))
+    submit = Path(_find_spark_home()) / "bin" / "spark-submit"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([str(submit), "--master", "local[1]", "--conf",
+                          "spark.sql.shuffle.partitions=3", "--conf", "spark.ui.enabled=false",
+                          "--jars", ",".join(cached), str(script)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("CONF "))
+    got = json.loads(line[5:])
+    assert got == {"master": "local[1]", "shuffle": "3", "utc": "UTC",
+                   "backend": "SparkDeltaLake"}, got
