@@ -123,7 +123,7 @@ def launcher_conf() -> dict[str, str] | None:
 def for_launched(conf: dict[str, str], launched: dict[str, str],
                  delta_loadable: bool) -> dict[str, str]:
     """The part of capmix's `conf` to add to a session whose JVM a launcher started: nothing
-    the launcher owns (`LAUNCHER_OWNED`) or set itself, and Delta's extension and catalog only
+    the launcher owns (`LAUNCHER_OWNED`) or set itself, except `REQUIRED_CONF`; Delta's extension and catalog only
     when its classes are already on the JVM (spark-submit's --packages; jars cannot be added to
     a running driver), else the lake falls back to delta-rs and says so."""
     from capmix import jars
@@ -132,6 +132,7 @@ def for_launched(conf: dict[str, str], launched: dict[str, str],
                   "spark.sql.catalog.spark_catalog": jars.DELTA_CATALOG}
     out = {k: v for k, v in conf.items()
            if k not in LAUNCHER_OWNED and k not in launched and k not in delta_keys}
+    out.update(REQUIRED_CONF)  # correctness, as on every session capmix uses
     if delta_loadable:
         for key, value in delta_keys.items():
             if key == "spark.sql.extensions" and launched.get(key):

@@ -84,6 +84,7 @@ def test_spark_submit_keeps_its_own_master_and_settings(tmp_path):
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([str(submit), "--master", "local[1]", "--conf",
                           "spark.sql.shuffle.partitions=3", "--conf", "spark.ui.enabled=false",
+                          "--conf", "spark.sql.session.timeZone=Europe/Paris",
                           "--jars", ",".join(cached), str(script)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
