@@ -123,9 +123,10 @@ def launcher_conf() -> dict[str, str] | None:
 def for_launched(conf: dict[str, str], launched: dict[str, str],
                  delta_loadable: bool) -> dict[str, str]:
     """The part of capmix's `conf` to add to a session whose JVM a launcher started: nothing
-    the launcher owns (`LAUNCHER_OWNED`) or set itself, except `REQUIRED_CONF`; Delta's extension and catalog only
-    when its classes are already on the JVM (spark-submit's --packages; jars cannot be added to
-    a running driver), else the lake falls back to delta-rs and says so."""
+    the launcher owns (`LAUNCHER_OWNED`) or set itself, except `REQUIRED_CONF`; Delta's
+    extension and catalog only when its classes are already on the JVM (spark-submit's
+    --packages; jars cannot be added to a running driver), else the lake falls back to
+    delta-rs and says so."""
     from capmix import jars
 
     delta_keys = {"spark.sql.extensions": jars.DELTA_EXTENSIONS,
