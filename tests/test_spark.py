@@ -92,3 +92,20 @@ def test_spark_submit_keeps_its_own_master_and_settings(tmp_path):
     got = json.loads(line[5:])
     assert got == {"master": "local[1]", "shuffle": "3", "utc": "UTC",
                    "backend": "SparkDeltaLake"}, got
+
+
+def test_for_launched_leaves_the_launchers_settings_and_missing_delta_alone():
+    from capmix.spark import for_launched
+
+    conf = build_conf(SparkConfig(master="local[2]", shuffle_partitions=7,
+                                  conf={"spark.x": "1", "spark.y": "2"}))
+    launched = {"spark.master": "yarn", "spark.y": "mine",
+                "spark.sql.extensions": "com.example.Ext"}
+    without = for_launched(conf, launched, delta_loadable=False)
+    assert not {"spark.master", "spark.sql.shuffle.partitions", "spark.y", "spark.jars",
+                "spark.sql.extensions", "spark.sql.catalog.spark_catalog"} & set(without)
+    assert without["spark.x"] == "1" and without["spark.sql.session.timeZone"] == "UTC"
+    with_delta = for_launched(conf, launched, delta_loadable=True)
+    assert with_delta["spark.sql.extensions"] == (
+        "com.example.Ext,io.delta.sql.DeltaSparkSessionExtension")
+    assert with_delta["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")
