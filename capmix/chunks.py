@@ -211,11 +211,35 @@ class Fence:
         return rows
 
 
-def spread(spark: "SparkSession", df: "DataFrame", partitions: int | None) -> "DataFrame":
-    """One partition per task slot, hashed on uid: a chunk of few files would otherwise run on
-    few tasks (a parquet row group is never split), and after a join adaptive execution may
-    coalesce it into one, leaving cores or GPUs idle. An explicit count is kept by AQE."""
-    target = partitions or spark.sparkContext.defaultParallelism
+def slots(conf: dict[str, str], executors: int, default_parallelism: int, gpu: bool) -> int:
+    """Tasks a stage can run at once: on GPUs, each executor's GPUs over the GPUs a task takes
+    (`spark.executor.resource.gpu.amount` / `spark.task.resource.gpu.amount`) times the live
+    executors; otherwise (or without GPU resources) the session's default parallelism, which
+    Spark sets to the executors' total cores. Pure: tested without a cluster."""
+    per_executor = float(conf.get("spark.executor.resource.gpu.amount", "0") or 0)
+    if gpu and per_executor > 0:
+        per_task = float(conf.get("spark.task.resource.gpu.amount", "1") or 1)
+        return max(1, executors * int(per_executor // per_task))
+    return max(1, default_parallelism)
+
+
+def task_slots(spark: "SparkSession", gpu: bool) -> int:
+    """`slots` of this session: live executors from Spark's status tracker (the driver is
+    listed too, and is the one executor of a local master)."""
+    sc = spark.sparkContext
+    conf = dict(sc.getConf().getAll())
+    listed = len(sc._jsc.sc().statusTracker().getExecutorInfos())
+    executors = listed if sc.master.startswith("local[") or sc.master == "local" else listed - 1
+    return slots(conf, max(1, executors), sc.defaultParallelism, gpu)
+
+
+def spread(spark: "SparkSession", df: "DataFrame", partitions: int | None,
+           gpu: bool = False) -> "DataFrame":
+    """One partition per task slot (`task_slots`, unless `partitions` is given), hashed on uid:
+    a chunk of few files would otherwise run on few tasks (a parquet row group is never split),
+    and after a join adaptive execution may coalesce it into one, leaving cores or GPUs idle.
+    An explicit count is kept by AQE."""
+    target = partitions or task_slots(spark, gpu)
     return df.repartition(target, "uid")
 
 

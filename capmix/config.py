@@ -111,7 +111,8 @@ class ModelRunConfig:
     chunk_rows: int = 5000
     # CPU threads per task for torch; None: the executor's cores / its concurrent tasks.
     threads: Optional[int] = None
-    # Spark partitions per chunk; None: the session's default parallelism (every task slot).
+    # Spark partitions per chunk; None: one per task slot (GPU stages: executors x GPUs per
+    # executor / GPUs per task; otherwise the session's default parallelism, its total cores).
     partitions: Optional[int] = None
 
     def validate(self, key: str) -> None:

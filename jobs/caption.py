@@ -149,7 +149,7 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
         keys = staging.read(chunk, KEYS_SCHEMA).drop(chunks.CHUNK_COLUMN)
         images = chunk.pending(chunk.read(lake, "pool").where(USABLE), keys)
         out = caption_rows(spark, cfg, chunks.spread(spark, images.select("uid", "image"),
-                                                     c.partitions))
+                                                     c.partitions, gpu=c.device != "cpu"))
         if chunk.keyed:  # partly captioned images: only the samples not stored yet
             have = F.broadcast(keys.where(F.col("have").isNotNull()))
             stored = F.array_contains(F.coalesce("have", F.array().cast("array<int>")),

@@ -151,7 +151,7 @@ def chunk_work(spark: "SparkSession", cfg: Config, lake: Lake, staged: "DataFram
     need = staged.where("embed")
     images = chunk.read(lake, "pool").where(USABLE).select("uid", "image").join(
         F.broadcast(need.select("uid")), "uid", "left_semi")
-    target = s.partitions or spark.sparkContext.defaultParallelism
+    target = s.partitions or chunks.task_slots(spark, gpu=s.device != "cpu")
     # Both sides hash-partitioned on uid the same way: the join adds no second image shuffle.
     with_images = (chunks.spread(spark, images, target)
                    .join(need.repartition(target, "uid"), "uid", "inner"))

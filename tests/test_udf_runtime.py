@@ -79,3 +79,19 @@ def test_chunks_select_exactly_their_rows(spark):
     seen = [set(r.uid for r in p.select(df).collect()) for p in parts]
     assert sum(len(s) for s in seen) == 200 and set.union(*seen) == {f"u{i}" for i in range(200)}
     assert chunks.Chunk(0, ("fileB",), 0).select(df).count() == 0
+
+
+def test_chunks_spread_over_every_gpu_slot_or_every_core(spark):
+    """A GPU stage gets executors x (GPUs per executor / GPUs per task) partitions per chunk;
+    without GPU resources, or for a CPU stage, the session's default parallelism."""
+    gpus = {"spark.executor.resource.gpu.amount": "4", "spark.task.resource.gpu.amount": "1"}
+    assert chunks.slots(gpus, executors=8, default_parallelism=2, gpu=True) == 32
+    half = {**gpus, "spark.task.resource.gpu.amount": "0.5"}
+    assert chunks.slots(half, executors=8, default_parallelism=2, gpu=True) == 64
+    assert chunks.slots(gpus, executors=8, default_parallelism=128, gpu=False) == 128
+    assert chunks.slots({}, executors=8, default_parallelism=128, gpu=True) == 128
+    here = chunks.task_slots(spark, gpu=True)
+    assert here == spark.sparkContext.defaultParallelism
+    frame = spark.range(40).selectExpr("concat('u', id) AS uid")
+    assert chunks.spread(spark, frame, None, gpu=True).rdd.getNumPartitions() == here
+    assert chunks.spread(spark, frame, 5).rdd.getNumPartitions() == 5
