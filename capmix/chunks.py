@@ -219,18 +219,31 @@ def slots(conf: dict[str, str], executors: int, default_parallelism: int, gpu: b
     per_executor = float(conf.get("spark.executor.resource.gpu.amount", "0") or 0)
     if gpu and per_executor > 0:
         per_task = float(conf.get("spark.task.resource.gpu.amount", "1") or 1)
-        return max(1, executors * int(per_executor // per_task))
+        tasks = int(per_executor // per_task)
+        cores = int(conf.get("spark.executor.cores", "0") or 0)
+        if cores:  # Spark runs no more tasks than cores / spark.task.cpus allow either
+            tasks = min(tasks, cores // max(1, int(conf.get("spark.task.cpus", "1") or 1)))
+        return max(1, executors * tasks)
     return max(1, default_parallelism)
 
 
 def task_slots(spark: "SparkSession", gpu: bool) -> int:
-    """`slots` of this session: live executors from Spark's status tracker (the driver is
-    listed too, and is the one executor of a local master)."""
+    """`slots` of this session. Executors: the live ones from Spark's status tracker (the
+    driver is listed too), or the ones asked for when more (`spark.executor.instances`, a
+    local-cluster master's count) since executors register some seconds after the session
+    starts; each chunk asks again, so executors that join later are used from the next chunk."""
     sc = spark.sparkContext
     conf = dict(sc.getConf().getAll())
+    master = sc.master
     listed = len(sc._jsc.sc().statusTracker().getExecutorInfos())
-    executors = listed if sc.master.startswith("local[") or sc.master == "local" else listed - 1
-    return slots(conf, max(1, executors), sc.defaultParallelism, gpu)
+    if master.startswith("local[") or master == "local":
+        return slots(conf, 1, sc.defaultParallelism, gpu)
+    asked = int(conf.get("spark.executor.instances", "0") or 0)
+    if master.startswith("local-cluster["):  # local-cluster[executors, cores, memory]
+        count, cores = master[len("local-cluster["):].split(",")[:2]
+        asked = max(asked, int(count))
+        conf.setdefault("spark.executor.cores", cores.strip())
+    return slots(conf, max(1, listed - 1, asked), sc.defaultParallelism, gpu)
 
 
 def spread(spark: "SparkSession", df: "DataFrame", partitions: int | None,

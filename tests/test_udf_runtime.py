@@ -89,6 +89,8 @@ def test_chunks_spread_over_every_gpu_slot_or_every_core(spark):
     half = {**gpus, "spark.task.resource.gpu.amount": "0.5"}
     assert chunks.slots(half, executors=8, default_parallelism=2, gpu=True) == 64
     assert chunks.slots(gpus, executors=8, default_parallelism=128, gpu=False) == 128
+    few_cores = {**gpus, "spark.executor.cores": "8", "spark.task.cpus": "4"}
+    assert chunks.slots(few_cores, executors=8, default_parallelism=64, gpu=True) == 16
     assert chunks.slots({}, executors=8, default_parallelism=128, gpu=True) == 128
     here = chunks.task_slots(spark, gpu=True)
     assert here == spark.sparkContext.defaultParallelism
