@@ -67,13 +67,12 @@ def _merge_list(conf: dict[str, str], key: str, value: str) -> None:
 
 def build_conf(cfg: SparkConfig, lake: LakeConfig | None = None) -> dict[str, str]:
     """The full Spark conf for a session capmix creates (pure: tested without a JVM)."""
-    cores = _local_cores(cfg.master) if cfg.master.startswith("local") else 8
+    local = cfg.master.startswith("local")
+    cores = _local_cores(cfg.master) if local else 0
     conf = {
         "spark.app.name": cfg.app_name,
         "spark.master": cfg.master,
         "spark.driver.memory": cfg.driver_memory,
-        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions or max(2, 2 * cores)),
-        "spark.default.parallelism": str(max(2, cores)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
         "spark.ui.enabled": str(cfg.ui).lower(),
         "spark.ui.showConsoleProgress": "false",
@@ -84,6 +83,12 @@ def build_conf(cfg: SparkConfig, lake: LakeConfig | None = None) -> dict[str, st
         "spark.sql.adaptive.enabled": "true",
         **REQUIRED_CONF,
     }
+    # Sizes for one machine; a cluster's own defaults (parallelism = its executors' cores) stand
+    # unless the config names them.
+    if cfg.shuffle_partitions or local:
+        conf["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions or max(2, 2 * cores))
+    if local:
+        conf["spark.default.parallelism"] = str(max(2, cores))
     log4j = resource_dir("data") / "log4j2.properties"
     if log4j.is_file():  # quiet startup; a user's own extraJavaOptions (cfg.conf) still win
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"

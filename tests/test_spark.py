@@ -109,3 +109,11 @@ def test_for_launched_leaves_the_launchers_settings_and_missing_delta_alone():
     assert with_delta["spark.sql.extensions"] == (
         "com.example.Ext,io.delta.sql.DeltaSparkSessionExtension")
     assert with_delta["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")
+
+
+def test_a_cluster_master_keeps_its_own_parallelism():
+    conf = build_conf(SparkConfig(master="spark://head:7077"))
+    assert conf["spark.master"] == "spark://head:7077"
+    assert "spark.default.parallelism" not in conf and "spark.sql.shuffle.partitions" not in conf
+    assert build_conf(SparkConfig(master="yarn", shuffle_partitions=400))[
+        "spark.sql.shuffle.partitions"] == "400"
