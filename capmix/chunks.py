@@ -235,9 +235,9 @@ def task_slots(spark: "SparkSession", gpu: bool) -> int:
     sc = spark.sparkContext
     conf = dict(sc.getConf().getAll())
     master = sc.master
-    listed = len(sc._jsc.sc().statusTracker().getExecutorInfos())
     if master.startswith("local[") or master == "local":
         return slots(conf, 1, sc.defaultParallelism, gpu)
+    listed = len(sc._jsc.sc().statusTracker().getExecutorInfos())
     asked = int(conf.get("spark.executor.instances", "0") or 0)
     if master.startswith("local-cluster["):  # local-cluster[executors, cores, memory]
         count, cores = master[len("local-cluster["):].split(",")[:2]

@@ -130,5 +130,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if jars is not None else 1
 
 
+def delta_loaded(jvm: object) -> bool:
+    """True when Delta's classes are on this JVM: through py4j's own lookup, which sees a
+    session's `spark.jars` (the context class loader); Class.forName would only see the JVM's
+    start-up classpath."""
+    from py4j.java_gateway import JavaClass
+
+    return jvm is not None and isinstance(jvm.io.delta.tables.DeltaTable, JavaClass)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -178,11 +178,9 @@ def spark_has_delta(spark: "SparkSession") -> bool:
                                                    None)
     if jvm is None:  # Spark Connect: no JVM handle; Databricks serverless has Delta built in
         return True
-    from py4j.java_gateway import JavaClass
+    from capmix.jars import delta_loaded
 
-    # Through py4j's own lookup, which sees the session's `spark.jars` (the context class
-    # loader); Class.forName would only see the JVM's start-up classpath.
-    if not isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
+    if not delta_loaded(jvm):
         return False
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     return "DeltaSparkSessionExtension" in extensions

@@ -134,28 +134,16 @@ def for_launched(conf: dict[str, str], launched: dict[str, str],
     delta-rs and says so."""
     from capmix import jars
 
-    delta_keys = {"spark.sql.extensions": jars.DELTA_EXTENSIONS,
-                  "spark.sql.catalog.spark_catalog": jars.DELTA_CATALOG}
-    out = {k: v for k, v in conf.items()
-           if k not in LAUNCHER_OWNED and k not in launched and k not in delta_keys}
+    extensions, catalog = "spark.sql.extensions", "spark.sql.catalog.spark_catalog"
+    out = {k: v for k, v in conf.items() if k not in LAUNCHER_OWNED and k not in launched
+           and k not in (extensions, catalog)}
     out.update(REQUIRED_CONF)  # correctness, as on every session capmix uses
     if delta_loadable:
-        for key, value in delta_keys.items():
-            if key == "spark.sql.extensions" and launched.get(key):
-                merged = dict(launched)
-                _merge_list(merged, key, value)
-                out[key] = merged[key]
-            elif key not in launched:
-                out[key] = value
+        out[extensions] = launched.get(extensions, "")  # the launcher's own extensions stay
+        _merge_list(out, extensions, jars.DELTA_EXTENSIONS)
+        if catalog not in launched:
+            out[catalog] = jars.DELTA_CATALOG
     return out
-
-
-def _delta_on_jvm() -> bool:
-    from py4j.java_gateway import JavaClass
-    from pyspark import SparkContext
-
-    jvm = SparkContext._jvm
-    return jvm is not None and isinstance(jvm.io.delta.tables.DeltaTable, JavaClass)
 
 
 def active_session() -> "SparkSession | None":
@@ -183,7 +171,11 @@ def get_or_create(cfg: SparkConfig, lake: LakeConfig | None = None
         conf = build_conf(cfg, lake)
         launched = launcher_conf()
         if launched is not None:  # spark-submit's master, sizes and jars stay its own
-            conf = for_launched(conf, launched, _delta_on_jvm())
+            from pyspark import SparkContext
+
+            from capmix.jars import delta_loaded
+
+            conf = for_launched(conf, launched, delta_loaded(SparkContext._jvm))
         for key, value in conf.items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
