@@ -88,6 +88,11 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None,
             module.check_args(cfg, args)  # argument checks that need no I/O, before the session
         started = time.monotonic()
         if getattr(module, "NEEDS_SPARK", True):
+            from capmix.lake import is_catalog
+            from capmix.storage import check_reachable
+
+            if not is_catalog(cfg.lake.path):  # a refusing store: one line, before Spark starts
+                check_reachable(cfg.lake.path, "lake")
             from capmix.spark import session
 
             with session(cfg.spark, cfg.lake) as spark:

@@ -6,7 +6,10 @@ about `rows_per_unit` rows. Units are sorted by (path, start), so the same input
 the same units in the same order; the unit's `id` is what the pool's `source` column records.
 
 Every check that can fail on the user's input (missing path, unknown format, a parquet file
-without an image column) happens here, before anything is written.
+without an image column) happens here, before anything is written. Paths may be URIs of object
+stores (`s3://`, `gs://`, `abfss://`, `hdfs://`, `dbfs:/`): everything here goes through
+`capmix.storage`, and a long brace range on a store is checked with one listing per folder,
+not one request per shard.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
+from capmix import storage
 from capmix.errors import InputError
 from capmix.text import decode_bytes
 
@@ -90,17 +94,28 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[str]:
-    """Absolute paths, in the order given, without duplicates; one InputError for all missing."""
+    """Absolute paths or URIs, in the order given, without duplicates; one InputError for all
+    missing."""
     paths: list[str] = []
     missing: list[str] = []
     for pattern in patterns:
-        for item in expand_braces(os.path.expanduser(pattern)):
+        if not storage.is_uri(pattern):
+            pattern = os.path.expanduser(pattern)
+        items = expand_braces(pattern)
+        listed, parents = _listed_parents([i for i in items if storage.is_uri(i) and
+                                           not glob.has_magic(i)])
+        for item in items:
             if glob.has_magic(item):
-                found = sorted(glob.glob(item))
+                found = storage.glob(item)
                 if not found:
                     missing.append(item)
                 paths.extend(found)
-            elif os.path.exists(item):
+            elif storage.is_uri(item) and item.rstrip("/") in listed:
+                paths.append(item)
+            elif not storage.is_uri(item) and os.path.exists(item):
+                paths.append(item)
+            elif storage.is_uri(item) and posixpath.dirname(item.rstrip("/")) not in \
+                    parents and storage.exists(item):
                 paths.append(item)
             else:
                 missing.append(item)
@@ -110,8 +125,27 @@ def expand_inputs(patterns: Iterable[str]) -> list[str]:
         raise InputError(f"input not found: {shown}")
     seen: dict[str, None] = {}
     for p in paths:
-        seen.setdefault(os.path.abspath(p), None)
+        seen.setdefault(storage.normalize(p), None)
     return list(seen)
+
+
+def _listed_parents(uris: list[str]) -> tuple[set[str], set[str]]:
+    """(every entry of the folders holding `uris`, those folders): one paginated listing per
+    folder instead of a request per shard, so `s3://b/{00000..99999}.tar` is 100 listings, not
+    100,000 HEAD requests. A single URI is checked on its own."""
+    entries: set[str] = set()
+    parents: set[str] = set()
+    if len(uris) < 2:
+        return entries, parents
+    for parent in sorted({posixpath.dirname(u.rstrip("/")) for u in uris}):
+        fs, inner = storage.filesystem(parent)
+        try:
+            names = fs.ls(inner, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        parents.add(parent)
+        entries.update(posixpath.join(parent, posixpath.basename(n.rstrip("/"))) for n in names)
+    return entries, parents
 
 
 def is_tar(path: str) -> bool:
@@ -123,18 +157,20 @@ def is_image(name: str) -> bool:
 
 
 def detect_format(path: str, forced: str = "auto") -> str:
+    # A .tar is a file: no request to the store to learn that (a .parquet may be a folder).
+    is_dir = False if is_tar(path) else storage.isdir(path)
     if forced != "auto":
-        if forced == "folder" and not os.path.isdir(path):
+        if forced == "folder" and not is_dir:
             raise InputError(f"--format folder needs a folder, got a file: {path}")
         return forced
-    if os.path.isfile(path):
+    if not is_dir:
         if is_tar(path):
             return "webdataset"
         if path.lower().endswith(".parquet"):
             return "parquet"
         raise InputError(f"unknown input format: {path} (expected a .tar shard, a .parquet file "
                          "or a folder; or give --format)")
-    names = os.listdir(path)
+    names = storage.listdir(path)
     if any(is_tar(n) for n in names):
         return "webdataset"
     if any(n in CAPTION_FILES for n in names) or _has_images(path):
@@ -145,7 +181,7 @@ def detect_format(path: str, forced: str = "auto") -> str:
 
 
 def _has_images(folder: str) -> bool:
-    for _, dirs, files in os.walk(folder):
+    for _, dirs, files in storage.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         if any(is_image(f) for f in files):
             return True
@@ -163,14 +199,15 @@ def plan_units(patterns: Iterable[str], forced: str = "auto", rows_per_unit: int
         before = len(units)
         fmt = detect_format(path, forced)
         if fmt == "webdataset":
-            shards = ([path] if os.path.isfile(path) else
-                      sorted(os.path.join(path, n) for n in os.listdir(path) if is_tar(n)))
+            shards = ([path] if is_tar(path) else
+                      [storage.join(path, n) for n in storage.listdir(path) if is_tar(n)])
             units.extend(Unit("webdataset", s) for s in shards)
         elif fmt == "folder":
             units.extend(folder_units(path, rows_per_unit, notes))
         else:
-            files = ([path] if os.path.isfile(path) else sorted(
-                os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(".parquet")))
+            files = ([path] if not storage.isdir(path) else [
+                storage.join(path, n) for n in storage.listdir(path)
+                if n.lower().endswith(".parquet") and not n.startswith(("_", "."))])
             for f in files:
                 units.extend(parquet_units(f, rows_per_unit, image_column, text_column))
         if len(units) == before:
@@ -182,11 +219,13 @@ def plan_units(patterns: Iterable[str], forced: str = "auto", rows_per_unit: int
 def folder_units(folder: str, rows_per_unit: int, notes: list[str]) -> list[Unit]:
     """Image files (recursive) joined with the captions file, sorted by relative name."""
     files: set[str] = set()
-    for root, dirs, names in os.walk(folder):
+    top = folder.rstrip("/")
+    for root, dirs, names in storage.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        inside = root.rstrip("/")[len(top):].strip("/").replace(os.sep, "/")
         for n in names:
             if is_image(n) and not n.startswith("."):
-                files.add(os.path.relpath(os.path.join(root, n), folder).replace(os.sep, "/"))
+                files.add(f"{inside}/{n}" if inside else n)
     captions = read_captions_file(folder, notes)
     names = sorted(files | set(captions))
     entries = []
@@ -204,11 +243,11 @@ def read_captions_file(folder: str, notes: list[str]) -> dict[str, dict]:
     """{relative file name: {"caption", "uid", "url", "warnings"}} from the folder's captions
     file (jsonl or csv; the first found of CAPTION_FILES). Unreadable lines are skipped and
     counted in `notes`; a name listed twice keeps its first entry."""
-    path = next((os.path.join(folder, n) for n in CAPTION_FILES
-                 if os.path.isfile(os.path.join(folder, n))), None)
+    present = set(storage.listdir(folder))
+    path = next((storage.join(folder, n) for n in CAPTION_FILES if n in present), None)
     if path is None:
         return {}
-    with open(path, "rb") as fh:
+    with storage.open_input(path) as fh:
         text, warning = decode_bytes(fh.read())
     records, bad = (_jsonl_records(text) if path.endswith(".jsonl") else _csv_records(text))
     out: dict[str, dict] = {}
@@ -286,8 +325,9 @@ def parquet_units(path: str, rows_per_unit: int, image_column: Optional[str] = N
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(path).metadata
-        schema = pq.read_schema(path)
+        with storage.open_input(path) as fh:
+            pf = pq.ParquetFile(fh)
+            meta, schema = pf.metadata, pf.schema_arrow
     except Exception as exc:
         raise InputError(f"cannot read parquet file {path}: {exc}") from None
     options = {"image": _image_column(schema, path, image_column),

@@ -1,4 +1,4 @@
-"""Spark's own Delta Lake (and later other JVM packages): fetched once, then loaded from disk.
+"""Spark's own Delta Lake and S3A (hadoop-aws): fetched once, then loaded from disk.
 
     python -m capmix.jars fetch          # `make` runs this once: resolves through Maven Central
     python -m capmix.jars show           # what is cached, and the `spark.jars` a session gets
@@ -12,6 +12,11 @@ starts with no resolution at all. Nothing here runs during a test.
 
 The Delta version follows the installed `delta-spark` Python package (its jar and its Python API
 must match), which follows pyspark's minor version (delta-spark 4.0.x <-> pyspark 4.0.x).
+
+S3A (`s3a://` paths, and `s3://` mapped to it) is `org.apache.hadoop:hadoop-aws` in the version
+of the Hadoop client pyspark bundles (hadoop-client-api-X.jar), with the AWS SDK v2 modules it
+needs (s3, s3-transfer-manager: ~15 MB) instead of the SDK's 540 MB `bundle` jar; jars Spark
+already ships (netty, slf4j, commons-*, httpclient) are left out so Spark's own versions load.
 """
 from __future__ import annotations
 
@@ -51,6 +56,36 @@ def delta_coordinates() -> list[str]:
     return [f"io.delta:delta-spark_{scala_version()}:{delta_version()}"]
 
 
+# The SDK modules S3A 3.4 calls, at the oldest release Maven Central serves for both (the one
+# hadoop-aws 3.4.1 declares, 2.24.6, has no s3-transfer-manager there).
+AWS_SDK_VERSION = "2.25.0"
+S3A_EXCLUDES = ("software.amazon.awssdk:bundle",)
+# Jars of the S3A resolution that Spark's own jars/ already holds in a newer version.
+_SPARK_HAS = ("io.netty_", "org.slf4j_", "commons-codec_", "commons-logging_",
+              "org.apache.httpcomponents_")
+
+
+def hadoop_version() -> str:
+    """The Hadoop client version pyspark bundles (hadoop-aws must match it exactly)."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
+        return jar.name[len("hadoop-client-api-"):-len(".jar")]
+    return "3.4.1"  # pyspark 4.0's
+
+
+def s3a_coordinates() -> list[str]:
+    """One group (resolved together, as one manifest entry): hadoop-aws and its SDK modules."""
+    return [",".join([f"org.apache.hadoop:hadoop-aws:{hadoop_version()}",
+                      f"software.amazon.awssdk:s3:{AWS_SDK_VERSION}",
+                      f"software.amazon.awssdk:s3-transfer-manager:{AWS_SDK_VERSION}"])]
+
+
+def all_coordinates() -> list[str]:
+    return delta_coordinates() + s3a_coordinates()
+
+
 def ivy_dir() -> Path:
     """Ivy's folder as Spark uses it (`spark.jars.ivy`, default ~/.ivy2.5.2 in Spark 4)."""
     configured = os.environ.get("CAPMIX_IVY_DIR")
@@ -83,7 +118,8 @@ def cached_jars(coordinates: Sequence[str]) -> Optional[list[str]]:
 
 def fetch(coordinates: Sequence[str]) -> dict[str, list[str]]:
     """Resolve `coordinates` through Spark's Ivy (downloading what is missing) and record the
-    resolved jar files per coordinate. Starts and stops one short-lived local session each."""
+    resolved jar files per coordinate (a comma-separated group resolves together). Starts and
+    stops one short-lived local session each."""
     from pyspark.sql import SparkSession
 
     manifest = _read_manifest()
@@ -93,12 +129,14 @@ def fetch(coordinates: Sequence[str]) -> dict[str, list[str]]:
         spark = (SparkSession.builder.master("local[1]").appName("capmix-fetch-jars")
                  .config("spark.jars.packages", coordinate)
                  .config("spark.jars.ivy", str(ivy_dir()))
+                 .config("spark.jars.excludes", ",".join(S3A_EXCLUDES))
                  .config("spark.ui.enabled", "false").getOrCreate())
         try:
             resolved = spark.sparkContext.getConf().get("spark.jars", "")
         finally:
             spark.stop()
         files = [_local_file(uri) for uri in resolved.split(",") if uri.strip()]
+        files = [f for f in files if not Path(f).name.startswith(_SPARK_HAS)]
         if not files:
             raise RuntimeError(f"Spark resolved no jar for {coordinate}")
         manifest[coordinate] = files
@@ -119,15 +157,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "\n")[0])
     parser.add_argument("action", choices=["fetch", "show"])
     args = parser.parse_args(argv)
-    coordinates = delta_coordinates()
+    coordinates = all_coordinates()
     if args.action == "fetch":
         for coordinate, files in fetch(coordinates).items():
             print(f"{coordinate}: {len(files)} jar(s) in {ivy_dir()}")
         return 0
-    jars = cached_jars(coordinates)
-    print(f"{', '.join(coordinates)}: " + ("not cached (run: python -m capmix.jars fetch)"
-                                           if jars is None else ",".join(jars)))
-    return 0 if jars is not None else 1
+    missing = 0
+    for coordinate in coordinates:
+        jars = cached_jars([coordinate])
+        missing += jars is None
+        print(f"{coordinate}: " + ("not cached (run: python -m capmix.jars fetch)"
+                                   if jars is None else ",".join(jars)))
+    return 1 if missing else 0
 
 
 def delta_loaded(jvm: object) -> bool:

@@ -102,9 +102,12 @@ class Lake(abc.ABC):
     def work_dir(self, name: str) -> str:
         """A scratch folder (URI) for one run's staged work, beside the tables and ignored by
         Delta readers (leading underscore); `lake.work_path` overrides it."""
-        root = self.cfg.work_path or (f"dbfs:/tmp/capmix_work/{self.cfg.path}"
-                                      if is_catalog(self.cfg.path)
-                                      else f"{self.location_root().rstrip('/')}/_capmix_work")
+        from capmix.storage import spark_path
+
+        root = spark_path(self.cfg.work_path) if self.cfg.work_path else (
+            f"dbfs:/tmp/capmix_work/{self.cfg.path}"
+            if is_catalog(self.cfg.path)
+            else f"{self.location_root().rstrip('/')}/_capmix_work")
         return f"{root.rstrip('/')}/{name}"
 
     def require(self, *tables: str) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import uuid
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from capmix import storage
 from capmix.config import TABLES
 from capmix.errors import CapmixError, ConflictError, InputError
 from capmix.lake import Lake, Txn, conform, dedupe, is_catalog
@@ -42,10 +42,11 @@ class SparkDeltaLake(Lake):
     def location_root(self) -> str:
         # A plain folder becomes absolute: the session catalog needs absolute LOCATIONs, and
         # Spark and delta-rs must agree on where a relative `lake` is.
+        # An object store's URI is named as Hadoop names it (s3:// -> s3a://).
         path = self.cfg.path
-        if path.startswith("file:") or "://" in path or path.startswith("dbfs:"):
+        if path.startswith("file:"):
             return path
-        return os.path.abspath(os.path.expanduser(path))
+        return storage.spark_path(path)
 
     def _delta_table(self, table: str):
         from delta.tables import DeltaTable

@@ -12,16 +12,19 @@ raw samples into pool rows. Readers run on Spark executors and never write to di
   metadata) is looked up by key, then by uid; its rows for failed downloads have no members
   and are not samples.
 - folder: the unit lists its entries (file names joined with the captions file on the driver).
+
+Every path may be an object store's URI (`capmix.storage`): a shard streams from the store as
+it is read, never copied to local disk.
 - parquet: a row-group range, read in small batches.
 """
 from __future__ import annotations
 
-import os
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
+from capmix import storage
 from capmix.inputs import IMAGE_EXTS, TAR_SUFFIXES, Unit, safe_relpath
 
 # Image extensions in the order one is chosen when a sample has several.
@@ -75,17 +78,18 @@ def read_shard(path: str, text_limit: int,
     key: Optional[str] = None
     members: dict[str, bytes] = {}
     count = 0
+    name = storage.basename(path)
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with storage.open_input(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
                 count += 1
                 if not member.isfile():
                     continue  # folders, links, devices: never samples, never followed
-                name = safe_relpath(member.name)
-                if name is None:
+                safe = safe_relpath(member.name)
+                if safe is None:
                     on_unsafe(path, member.name)
                     continue
-                member_key, ext = split_key(name)
+                member_key, ext = split_key(safe)
                 ext = ext.lower()
                 if not _wanted(ext):
                     continue
@@ -101,9 +105,9 @@ def read_shard(path: str, text_limit: int,
         if members:  # the part of the damaged sample read before the damage
             yield _shard_sample(key, members, lookup, shard_warning, key in seen)
         key = None
-        yield RawSample(key=None, error=f"shard {os.path.basename(path)} unreadable after "
+        yield RawSample(key=None, error=f"shard {name} unreadable after "
                                         f"{count} member(s): {type(exc).__name__}: {exc}",
-                        fields={"uid_hint": f"{os.path.basename(path)}:{count}"})
+                        fields={"uid_hint": f"{name}:{count}"})
     if key is not None:
         yield _shard_sample(key, members, lookup, shard_warning, key in seen)
 
@@ -148,17 +152,19 @@ class _ShardMetadata:
 
     @classmethod
     def load(cls, path: str) -> tuple["_ShardMetadata", Optional[str]]:
-        if not os.path.isfile(path):
-            return cls([]), None
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            schema = pq.read_schema(path)
-            # Image bytes, if a pool put them there, are not metadata.
-            columns = [f.name for f in schema if not (pa.types.is_binary(f.type)
-                                                      or pa.types.is_large_binary(f.type))]
-            return cls(pq.read_table(path, columns=columns).to_pylist()), None
+            # Opening is the existence check: one request to a store, not two.
+            with storage.open_input(path) as fh:
+                pf = pq.ParquetFile(fh)
+                # Image bytes, if a pool put them there, are not metadata.
+                columns = [f.name for f in pf.schema_arrow if not (
+                    pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type))]
+                return cls(pf.read(columns=columns).to_pylist()), None
+        except FileNotFoundError:
+            return cls([]), None
         except Exception as exc:
             return cls([]), f"shard parquet unreadable, not used: {type(exc).__name__}: {exc}"
 
@@ -193,7 +199,7 @@ def read_folder(unit: Unit, text_limit: int) -> Iterator[RawSample]:
             sample.error = f"captions file names a missing image file: {name}"
         else:
             try:
-                with open(os.path.join(unit.path, name), "rb") as fh:
+                with storage.open_input(storage.join(unit.path, name)) as fh:
                     sample.image = fh.read()
             except OSError as exc:
                 sample.error = f"cannot read image file {name}: {exc.strerror or exc}"
@@ -205,13 +211,15 @@ def read_parquet(unit: Unit, batch_rows: int = 256) -> Iterator[RawSample]:
     import pyarrow.parquet as pq
 
     image_col, text_col = unit.options["image"], unit.options.get("text")
-    pf = pq.ParquetFile(unit.path)
-    row = sum(pf.metadata.row_group(i).num_rows for i in range(unit.start))
-    base = os.path.basename(unit.path)
-    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=range(unit.start, unit.stop)):
-        for record in batch.to_pylist():
-            yield _parquet_sample(record, image_col, text_col, f"{base}:{row}")
-            row += 1
+    with storage.open_input(unit.path) as fh:
+        pf = pq.ParquetFile(fh)
+        row = sum(pf.metadata.row_group(i).num_rows for i in range(unit.start))
+        base = storage.basename(unit.path)
+        for batch in pf.iter_batches(batch_size=batch_rows,
+                                     row_groups=range(unit.start, unit.stop)):
+            for record in batch.to_pylist():
+                yield _parquet_sample(record, image_col, text_col, f"{base}:{row}")
+                row += 1
 
 
 def _parquet_sample(record: dict, image_col: str, text_col: Optional[str],

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from capmix.config import LakeConfig, SparkConfig
 from capmix.resources import resource_dir
@@ -59,6 +59,42 @@ def delta_conf(backend: str = "auto") -> tuple[dict[str, str], str]:
                 "(fetch them once with `python -m capmix.jars fetch`, which `make` runs)")
 
 
+def object_store_conf(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Hadoop settings that let Spark read the object stores Python code reads with the same
+    environment: `s3://` served by S3A (as on EMR and Databricks), and S3A pointed at
+    AWS_ENDPOINT_URL (a MinIO, moto or other S3-compatible server: path-style addressing, TLS
+    as the URL says) and AWS_REGION. Credentials need nothing: S3A's default chain reads
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN itself. A user's own
+    `spark.hadoop.fs.s3a.*` (the YAML's spark.conf, spark-submit --conf) wins."""
+    env = os.environ if environ is None else environ
+    conf = {"spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+            endpoint.lower().startswith("https:")).lower()
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    return conf
+
+
+def apply_object_store_conf(spark: "SparkSession") -> None:
+    """`object_store_conf` on a running session (one capmix did not build, whose Hadoop conf
+    can still change for filesystems opened from now on): only when the session names no S3A
+    endpoint of its own."""
+    wanted = object_store_conf()
+    if "spark.hadoop.fs.s3a.endpoint" not in wanted:
+        return
+    with contextlib.suppress(Exception):  # Spark Connect / locked-down clusters: leave as is
+        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+        if hadoop.get("fs.s3a.endpoint"):
+            return
+        for key, value in wanted.items():
+            hadoop.set(key[len("spark.hadoop."):], value)
+
+
 def _merge_list(conf: dict[str, str], key: str, value: str) -> None:
     """Add comma-separated `value` to `conf[key]` (a user's own jars/extensions stay)."""
     have = [v for v in conf.get(key, "").split(",") if v]
@@ -92,7 +128,13 @@ def build_conf(cfg: SparkConfig, lake: LakeConfig | None = None) -> dict[str, st
     log4j = resource_dir("data") / "log4j2.properties"
     if log4j.is_file():  # quiet startup; a user's own extraJavaOptions (cfg.conf) still win
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
+    conf.update(object_store_conf())
     conf.update(cfg.conf)
+    from capmix import jars
+
+    s3a = jars.cached_jars(jars.s3a_coordinates())
+    if s3a:  # S3A's jars where `fetch` cached them (~15 MB; nothing resolves at start)
+        _merge_list(conf, "spark.jars", ",".join(s3a))
     delta, _ = delta_conf((lake or LakeConfig()).backend)
     for key, value in delta.items():
         if key in ("spark.jars", "spark.jars.packages", "spark.sql.extensions"):
@@ -187,6 +229,7 @@ def get_or_create(cfg: SparkConfig, lake: LakeConfig | None = None
         for key, value in REQUIRED_CONF.items():
             with contextlib.suppress(Exception):  # a locked-down cluster may refuse; reads still work
                 spark.conf.set(key, value)
+        apply_object_store_conf(spark)
     return spark, created
 
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from capmix import storage
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.lake import Lake, open_lake
@@ -142,7 +143,7 @@ def run(spark: "SparkSession", cfg: Config, train_set: str, out: str,
 
     ecfg = cfg.export
     local = _local_path(out)
-    if local is not None and local.exists() and not overwrite:
+    if not overwrite and (local.exists() if local is not None else storage.exists(out)):
         raise InputError(f"{out} already exists (pass --overwrite to replace it)")
     lake = open_lake(spark, cfg.lake)
     lake.require("train_sets", "pool", *(["captions"] if ecfg.clips else []))
@@ -254,25 +255,19 @@ def describe(path: str, with_missing: bool = False) -> dict[str, Any]:
 
 
 def _local_path(out: str) -> Optional[Path]:
-    if out.startswith("file://"):
-        return Path(out[len("file://"):]).resolve()
-    if "://" in out or out.startswith("dbfs:"):
+    """The export's local folder, or None for an object store's URI (written in place there:
+    stores have no atomic rename; the metadata file, written last, marks it complete)."""
+    if storage.is_uri(out) and not storage.is_local(out):
         return None
-    return Path(out).expanduser().resolve()
+    return Path(storage.local_path(out)).resolve()
 
 
 def _spark_uri(path: str) -> str:
-    return "file://" + path if path.startswith("/") else path
+    return "file://" + path if path.startswith("/") else storage.spark_path(path)
 
 
 def _filesystem(path: str):
-    from pyarrow import fs
-
-    if path.startswith("dbfs:/"):  # Databricks: Spark writes dbfs:/x, the driver sees /dbfs/x
-        return fs.LocalFileSystem(), "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
-    if path.startswith("/"):
-        return fs.LocalFileSystem(), path
-    return fs.FileSystem.from_uri(path)
+    return storage.pyarrow_fs(path)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -321,8 +316,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 def check_args(cfg: Config, args: argparse.Namespace) -> None:
     if not args.train_set.strip():
         raise InputError("--train-set must not be empty")
+    storage.check_reachable(args.out, "export")
     local = _local_path(args.out)
-    if local is not None and local.exists() and not args.overwrite:
+    if not args.overwrite and (local.exists() if local is not None else storage.exists(args.out)):
         raise InputError(f"{args.out} already exists (pass --overwrite to replace it)")
 
 

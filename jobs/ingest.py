@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from capmix import storage
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.inputs import FORMATS, Unit, detect_format, expand_inputs, plan_units
@@ -249,6 +250,8 @@ def check_args(cfg: Config, args: argparse.Namespace) -> None:
     """Missing inputs and unknown formats fail here, before Spark starts (a stat per path)."""
     if not cfg.ingest.inputs:
         raise InputError("no inputs: give webdataset shards, image folders or parquet files")
+    for store in {storage.store_root(p) for p in cfg.ingest.inputs if storage.is_uri(p)}:
+        storage.check_reachable(store, "input")
     for path in expand_inputs(cfg.ingest.inputs):
         detect_format(path, cfg.ingest.format)
 

@@ -12,6 +12,10 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+sys.path.insert(0, os.path.dirname(__file__))
+import s3  # noqa: E402  (the local S3 server's endpoint, fixed before any JVM starts)
+
+s3.set_environment()
 
 TEST_SPARK = {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g",
               "arrow_batch_rows": 64}
