@@ -74,7 +74,7 @@ def write_pool(root: Path, n: int, shard_rows: int, size: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from capmix.demo.shards import Sample, write_shards
+    from pipeline.demo.shards import Sample, write_shards
 
     rng = np.random.default_rng(0)
     images = []

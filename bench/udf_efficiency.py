@@ -38,7 +38,7 @@ def make_pool_rows(n: int, gpu: bool) -> list[dict]:
 
     blobs = []
     if not gpu and Path("/usr/share/datasets/fashion-mnist").exists():
-        from capmix.demo.fashion import load, png_bytes
+        from pipeline.demo.fashion import load, png_bytes
 
         train, _ = load()
         blobs = [png_bytes(train.images[i % len(train.images)]) for i in range(n)]

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("jobs.cluster", "k-means image clusters near a reference set -> `clusters`"),
     "mix": ("jobs.mix", "one mixing strategy (sql/) -> a named set in `train_sets`"),
     "stats": ("jobs.stats", "caption quality/diversity stats -> `text_stats` + report"),
-    "run": ("capmix.pipeline", "every stage in order from one config (the embedded default: "
+    "run": ("pipeline.run", "every stage in order from one config (the embedded default: "
                                "the paper in miniature) -> report/index.md"),
 }
 

@@ -19,7 +19,7 @@ def images(n: int) -> list[bytes]:
 
     out = []
     if (FASHION / "t10k-images-idx3-ubyte.gz").exists():
-        from capmix.demo.fashion import load, png_bytes
+        from pipeline.demo.fashion import load, png_bytes
 
         _, test = load(FASHION)
         return [png_bytes(test.images[i]) for i in range(n)]

@@ -27,7 +27,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def demo_run(spark, tmp_path_factory):
-    from capmix import pipeline
+    from pipeline import run as pipeline
     from capmix.config import load_config
     from capmix.lake import open_lake
 
@@ -128,7 +128,7 @@ def test_bad_run_settings_are_one_clear_line(tmp_path, capsys):
 
 def test_changed_demo_settings_refuse_to_rebuild_under_an_existing_lake(tmp_path):
     from capmix.config_run import DemoConfig
-    from capmix.demo.build import prepare, prepared
+    from pipeline.demo.build import prepare, prepared
     from capmix.errors import InputError
 
     small = DemoConfig(pool_size=20, curated_size=20, classification_size=10,
@@ -145,7 +145,7 @@ def test_adding_a_strategy_runs_only_that_strategy(demo_run, spark):
     """Last in this module: it extends the shared run with one more strategy."""
     from dataclasses import replace
 
-    from capmix import pipeline
+    from pipeline import run as pipeline
 
     cfg, lake, *_ = demo_run
     more = replace(cfg, run=replace(cfg.run, strategies=[*cfg.run.strategies, "raw_top"]))

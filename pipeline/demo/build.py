@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from capmix.config_run import DemoConfig
-from capmix.demo import fashion
-from capmix.demo.shards import Sample, write_shards
+from pipeline.demo import fashion
+from pipeline.demo.shards import Sample, write_shards
 
 MARKER = "_prepared.json"
 

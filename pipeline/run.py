@@ -131,7 +131,7 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
                                 spark, cfg, str(r.out), t, d, dataset=_dataset(t, cfg),
                                 run_name=r.name))
     if rc.wants("report"):
-        from capmix.run_report import write_index
+        from pipeline.report import write_index
 
         result.report = str(write_index(spark, cfg, [(r.name, r.strategy, r.intersect)
                                                      for r in runs]))
@@ -147,7 +147,7 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
 
 def _prepare(cfg: Config, work: Path, result: PipelineResult) -> Config:
     """Build the miniature's files and point the config at them."""
-    from capmix.demo.build import DemoData, prepare, prepared
+    from pipeline.demo.build import DemoData, prepare, prepared
 
     demo = cfg.run.demo
     root = work / "data"
@@ -176,7 +176,7 @@ def _check_real(cfg: Config) -> Config:
 def _pretrain(cfg: Config, work: Path, result: PipelineResult) -> Config:
     """Train the demo's scorer (CLIP) and captioner (CoCa) on the curated split, then use
     them through the caption and score jobs by their weights."""
-    from capmix.demo.build import DemoData
+    from pipeline.demo.build import DemoData
 
     demo = cfg.run.demo
     curated = DemoData(work / "data").curated
@@ -364,10 +364,10 @@ def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> in
 def main(argv: list[str] | None = None) -> int:
     from capmix.cli import stage_main
 
-    return stage_main("capmix.pipeline", argv, prog="capmix run")
+    return stage_main("pipeline.run", argv, prog="capmix run")
 
 
-if __name__ == "__main__":  # python -m capmix.pipeline / spark-submit capmix/pipeline.py
+if __name__ == "__main__":  # python -m pipeline.run / spark-submit pipeline/run.py
     import sys
 
     sys.exit(main())
