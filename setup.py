@@ -34,13 +34,18 @@ setup(
         "torchvision>=0.16",
         "open_clip_torch>=3.0,<4",
         "transformers>=4.40,<4.57",  # open_clip CoCa generate() breaks on 4.57+
+        "fsspec>=2023.1",  # every path capmix opens itself (capmix/storage.py)
     ],
     extras_require={
         # On clusters with the Delta jars (Databricks, spark-submit --packages io.delta:...).
         "delta": ["delta-spark>=4.0,<4.1"],
         # petastorm pins setuptools<70, which clashes with torch: install it with --no-deps.
         "train": ["petastorm>=0.13"],
-        "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.0"],
+        # Object stores from Python: s3:// through s3fs (gs:// needs gcsfs, abfss:// adlfs).
+        "s3": ["s3fs>=2023.1"],
+        # moto's S3 server on loopback stands in for an object store in the tests.
+        "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.0", "moto[s3]>=5", "flask>=2",
+                "flask-cors>=4", "s3fs>=2023.1"],
     },
     entry_points={"console_scripts": ["capmix=capmix.cli:main"]},
 )
