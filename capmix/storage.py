@@ -223,3 +223,35 @@ def check_reachable(path: str, what: str) -> None:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def petastorm_filesystem(path: str):
+    """The legacy pyarrow filesystem petastorm 0.13 reads a store through (None for local
+    paths, which it opens itself). Its own s3fs wrapper (pyarrow's S3FSWrapper) calls s3fs's
+    old synchronous `_ls`, a coroutine in today's s3fs; this adapter uses fsspec's public,
+    synchronous calls, so any fsspec store (s3, gs, abfs) works."""
+    if is_local(path):
+        return None
+    import warnings
+
+    from pyarrow.filesystem import DaskFileSystem
+
+    fs, _ = filesystem(path)
+
+    class _Fsspec(DaskFileSystem):
+        def isdir(self, p):
+            return self.fs.isdir(p)
+
+        def isfile(self, p):
+            return self.fs.isfile(p)
+
+        def ls(self, p, detail=False):
+            return self.fs.ls(p, detail=detail)
+
+        def walk(self, p):
+            for root, dirs, files in self.fs.walk(p):
+                yield root, sorted(dirs), sorted(files)
+
+    with warnings.catch_warnings():  # "deprecated since pyarrow 3": petastorm needs it still
+        warnings.simplefilter("ignore", FutureWarning)
+        return _Fsspec(fs)
