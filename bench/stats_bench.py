@@ -45,10 +45,11 @@ def generate(spark, n: int, out: str, seed: int = 0) -> None:
 
 
 def spark_counts(spark, path: str) -> dict:
+    from capmix.tagger import ship
     from jobs.stats import _unique_counts, with_features
 
     df = spark.read.parquet(path)
-    feats = with_features(df, 0, "lingua-hmm", "/usr/share/perl5/Lingua/EN/Tagger")
+    feats = with_features(df, 0, ship("lingua-hmm").payload)
     counts = _unique_counts(feats.select("u", "trigrams", "nouns"), [])
     return {k: v[0] for k, v in counts.items()}
 

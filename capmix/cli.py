@@ -95,7 +95,11 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None,
                 check_reachable(cfg.lake.path, "lake")
             from capmix.spark import session
 
+            from capmix.compute import check_session
+
             with session(cfg.spark, cfg.lake) as spark:
+                # Spark Connect or Spark < 4.0: one line now, not a failure halfway through.
+                check_session(spark, (prog or name).split()[-1])
                 code = module.run_args(spark, cfg, args)
         else:
             code = module.run_args(None, cfg, args)

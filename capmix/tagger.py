@@ -11,12 +11,23 @@ Two real taggers, chosen by `stats.tagger`:
   tagged caption sample) by tests/test_stats.py and bench/stats_bench.py.
 `auto` takes nltk when its data is present, else the HMM. The tagger's `name` goes into
 `text_stats.tagger`, so every noun count says what produced it.
+
+Executors never read the lexicon or nltk's data: the driver loads the tagger once (`ship`) and
+sends its parameters inside the UDF (about 0.4 MB compressed; Spark broadcasts a UDF that large
+once per executor), and each Python worker unpacks them once (`unpack`). So a Databricks worker,
+which has neither /usr/share/perl5 nor nltk's data, tags like the driver. The lexicon is not
+packaged with the wheel: Debian ships Lingua::EN::Tagger under the GPL-3, so capmix reads the
+driver's copy (`stats.lingua_lexicon` may point at one on a volume) rather than redistribute it.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import pickle
 import re
+import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
@@ -67,14 +78,18 @@ def nouns(text: str, tagger: Tagger) -> list[str]:
 class LinguaHMM:
     """Bigram HMM + Viterbi over Lingua::EN::Tagger's Penn Treebank statistics."""
 
-    def __init__(self, lexicon_dir: str = LINGUA_DIR):
-        paths = [os.path.join(lexicon_dir, f"{n}.yml") for n in ("tags", "words", "unknown")]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise ConfigError("stats.lingua_lexicon", f"{', '.join(missing)} not found: install "
-                              "Debian's liblingua-en-tagger-perl, or nltk's "
-                              "averaged_perceptron_tagger_eng data with stats.tagger: nltk")
-        model = _cached_model(paths)
+    def __init__(self, lexicon_dir: str = LINGUA_DIR, model: dict | None = None):
+        """From the lexicon files in `lexicon_dir`, or from `model`, the parameters another
+        process parsed (`ship`), without reading any file."""
+        if model is None:
+            paths = [os.path.join(lexicon_dir, f"{n}.yml") for n in ("tags", "words", "unknown")]
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if missing:
+                raise ConfigError("stats.lingua_lexicon", f"{', '.join(missing)} not found: "
+                                  "install Debian's liblingua-en-tagger-perl, or nltk's "
+                                  "averaged_perceptron_tagger_eng data with stats.tagger: nltk")
+            model = _cached_model(paths)
+        self.model = model
         self.tags, self.penn, self.trans = model["tags"], model["penn"], model["trans"]
         self.lexicon, self.shapes, self.start = model["lexicon"], model["shapes"], model["start"]
         self.name = LINGUA_NAME
@@ -215,14 +230,18 @@ class NltkPerceptron:
 
     name = "nltk averaged_perceptron_tagger_eng"
 
-    def __init__(self) -> None:
-        if not nltk_data_available():
-            raise ConfigError("stats.tagger", "nltk's averaged_perceptron_tagger_eng data is not "
-                              "installed (python -m nltk.downloader averaged_perceptron_tagger_eng"
-                              " on a connected machine), use stats.tagger: lingua-hmm")
-        from nltk.tag import PerceptronTagger
+    def __init__(self, tagger: object = None) -> None:
+        """nltk's tagger from its installed data, or `tagger`, one another process loaded."""
+        if tagger is None:
+            if not nltk_data_available():
+                raise ConfigError("stats.tagger", "nltk's averaged_perceptron_tagger_eng data is "
+                                  "not installed (python -m nltk.downloader "
+                                  "averaged_perceptron_tagger_eng on a connected machine), use "
+                                  "stats.tagger: lingua-hmm")
+            from nltk.tag import PerceptronTagger
 
-        self._tagger = PerceptronTagger()
+            tagger = PerceptronTagger()
+        self._tagger = tagger
 
     def tag(self, tokens: list[str]) -> list[str]:
         return [t for _, t in self._tagger.tag(tokens)] if tokens else []
@@ -264,6 +283,40 @@ def load_tagger(kind: str = "auto", lexicon_dir: str = LINGUA_DIR) -> Tagger:
     if kind in ("auto", "lingua-hmm"):
         return LinguaHMM(lexicon_dir)
     raise ConfigError("stats.tagger", f"unknown tagger {kind!r}")
+
+
+@dataclass(frozen=True)
+class ShippedTagger:
+    """A tagger the driver loaded, as bytes any Python worker turns back into it (`unpack`)."""
+
+    name: str
+    payload: bytes
+
+
+def ship(kind: str = "auto", lexicon_dir: str = LINGUA_DIR) -> ShippedTagger:
+    """Load the tagger for `stats.tagger` here (the driver) and pack its parameters. A missing
+    lexicon or missing nltk data is a `ConfigError` here, before any Spark task starts."""
+    tagger = load_tagger(kind, lexicon_dir)
+    state = (("lingua", tagger.model) if isinstance(tagger, LinguaHMM)
+             else ("nltk", tagger._tagger))  # type: ignore[attr-defined]
+    payload = zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 6)
+    return ShippedTagger(tagger.name, payload)
+
+
+_UNPACKED: dict[bytes, Tagger] = {}
+
+
+def unpack(payload: bytes) -> Tagger:
+    """The tagger `ship` packed, built once per process (each task of a reused Python worker
+    gets the same object, and its emission cache, back)."""
+    key = hashlib.sha1(payload).digest()
+    found = _UNPACKED.get(key)
+    if found is None:
+        kind, state = pickle.loads(zlib.decompress(payload))
+        found = LinguaHMM(model=state) if kind == "lingua" else NltkPerceptron(state)
+        _UNPACKED.clear()  # one stats run ships one tagger; never keep two lexicons alive
+        _UNPACKED[key] = found
+    return found
 
 
 def read_sample(path: str | None = None) -> list[list[tuple[str, str]]]:

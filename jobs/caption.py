@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from capmix import chunks
+from capmix.compute import check_session
 from capmix.config import CaptionConfig, Config
 from capmix.errors import InputError
 from capmix.lake import Lake, open_lake
@@ -131,6 +132,7 @@ def plan(spark: "SparkSession", pool: "DataFrame", have: "DataFrame", samples: i
 
 def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     """Caption the pool's pending images; returns the run summary (also logged)."""
+    check_session(spark, "caption")  # Connect / Spark < 4.0: one line, no I/O
     from pyspark.sql import functions as F
 
     c = cfg.caption

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
+from capmix.compute import check_session
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.lake import Lake, open_lake
@@ -155,6 +156,7 @@ def _spark_table(spark: "SparkSession", name: str) -> "DataFrame":
 def run(spark: "SparkSession", cfg: Config, *, k: Optional[int] = None,
         scorer: Optional[str] = None) -> ClusterResult:
     """Cluster `image_embeddings` of one scorer and replace `clusters` (settings: cfg.cluster)."""
+    check_session(spark, "cluster")  # Connect / Spark < 4.0: one line, no I/O
     from pyspark.sql import functions as F
 
     k = k or cfg.cluster.k

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
+from capmix.compute import check_session
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.lake import Lake, open_lake
@@ -142,6 +143,7 @@ def run(spark: "SparkSession", cfg: Config, strategy: str, *, percent: Optional[
         name: Optional[str] = None) -> MixResult:
     """Build the train set `name` with `strategy`; arguments left None come from `cfg.mix`
     (best_synthetic, "no filtering" in the paper, keeps every image unless `percent` is given)."""
+    check_session(spark, "mix")  # Connect / Spark < 4.0: one line, no I/O
     if percent is None:
         percent = 100.0 if strategy == "best_synthetic" else cfg.mix.percent
     percent = float(percent)

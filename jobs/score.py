@@ -22,6 +22,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from capmix import chunks
+from capmix.compute import check_session
 from capmix.config import Config
 from capmix.lake import Lake, open_lake
 from capmix.tables import IMAGE_EMBEDDINGS, SCORES
@@ -162,6 +163,7 @@ def chunk_work(spark: "SparkSession", cfg: Config, lake: Lake, staged: "DataFram
 
 def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     """Embed pending images and score pending texts; returns the summary (also logged)."""
+    check_session(spark, "score")  # Connect / Spark < 4.0: one line, no I/O
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from capmix.compute import check_session
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.lake import is_catalog, open_lake
@@ -38,6 +39,7 @@ def run(spark: "SparkSession", cfg: Config, query: str,
 
     `params` fill named markers (`:percent`) through Spark's parameterized SQL, so values are
     never pasted into the query text."""
+    check_session(spark, "sql")  # Connect / Spark < 4.0: one line, no I/O
     lake = open_lake(spark, cfg.lake)
     lake.register_views()
     from pyspark.errors import AnalysisException, ParseException

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
+from capmix.compute import check_session
 from capmix.config import Config
 from capmix.errors import InputError
 from capmix.lake import Lake, open_lake
@@ -89,12 +90,13 @@ def caption_sets(spark: "SparkSession", lake: Lake, scorer: str) -> dict[str, "D
 # Per-caption features, then aggregates
 
 
-def with_features(df: "DataFrame", seed: int, tagger_kind: str, lexicon: str) -> "DataFrame":
+def with_features(df: "DataFrame", seed: int, tagger: bytes) -> "DataFrame":
+    """Per-caption features; `tagger` is `capmix.tagger.ship(...).payload` (the driver's)."""
     from pyspark.sql import functions as F
 
     from udfs.text_stats import python_features_udf, trigrams_column, words_column
 
-    py = python_features_udf(tagger_kind, lexicon)
+    py = python_features_udf(tagger)
     draw = F.pmod(F.xxhash64(F.lit(seed), "uid", "text"), F.lit(_HASH_RANGE)) / float(_HASH_RANGE)
     return (df.withColumn("u", draw)
             .withColumn("words", words_column(F.col("text")))
@@ -185,17 +187,20 @@ def run(spark: "SparkSession", cfg: Config, datasets: Optional[list[str]] = None
         report_dir: Optional[str] = None, report: bool = True) -> StatsResult:
     """Measure the caption sets (default `stats.datasets`, empty: all), write `text_stats`, and
     the report (markdown + PNG figures) under `report_dir` (default `stats.report_dir`)."""
+    check_session(spark, "stats")  # Connect / Spark < 4.0: one line, no I/O
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from capmix.progress import Progress
-    from capmix.tagger import tagger_name
+    from capmix.tagger import ship
 
     wanted = list(datasets if datasets is not None else cfg.stats.datasets)
     sizes = list(subset_sizes if subset_sizes is not None else cfg.stats.subset_sizes)
     if any(s <= 0 for s in sizes):
         raise InputError("subset sizes must be positive")
-    tagger = tagger_name(cfg.stats.tagger, cfg.stats.lingua_lexicon)
+    # The driver loads the tagger once and ships it with the UDF: executors need no lexicon.
+    shipped = ship(cfg.stats.tagger, cfg.stats.lingua_lexicon)
+    tagger = shipped.name
     lake = open_lake(spark, cfg.lake)
     available = caption_sets(spark, lake, scorer or cfg.score.scorer)
     if not available:
@@ -210,8 +215,8 @@ def run(spark: "SparkSession", cfg: Config, datasets: Optional[list[str]] = None
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows: list[dict[str, Any]] = []
     for name in names:
-        feats = with_features(available[name], cfg.stats.seed, cfg.stats.tagger,
-                              cfg.stats.lingua_lexicon).persist(StorageLevel.MEMORY_AND_DISK)
+        feats = with_features(available[name], cfg.stats.seed,
+                              shipped.payload).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             for metric, size, value in measure(feats, sizes):
                 rows.append({"dataset": name, "metric": metric, "subset_size": size,

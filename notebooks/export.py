@@ -29,6 +29,7 @@ params = widget_values(DEFAULTS, globals().get("dbutils"))  # dbutils: Databrick
 
 from capmix.config import load_config  # noqa: E402
 from capmix.notebook import preset  # noqa: E402
+from capmix.compute import check_session  # noqa: E402
 from capmix.spark import get_or_create  # noqa: E402
 from jobs.export import run  # noqa: E402
 
@@ -41,6 +42,7 @@ cfg = load_config(config, {
     "export.min_files": int(params["min_files"]) if params["min_files"] else None,
 })
 spark, _ = get_or_create(cfg.spark, cfg.lake)  # the notebook's session on Databricks
+check_session(spark, "export")  # shared/serverless compute (Spark Connect): one clear line
 
 # COMMAND ----------
 

@@ -26,6 +26,7 @@ params = widget_values(DEFAULTS, globals().get("dbutils"))  # dbutils: Databrick
 
 from capmix.config import load_config  # noqa: E402
 from capmix.notebook import preset  # noqa: E402
+from capmix.compute import check_session  # noqa: E402
 from capmix.spark import get_or_create  # noqa: E402
 from jobs.ingest import run  # noqa: E402
 
@@ -33,6 +34,7 @@ config = preset(params["config"])  # conf/databricks.yaml on Databricks
 overrides = {"lake.path": params["lake"] or None}
 cfg = load_config(config, overrides)
 spark, _ = get_or_create(cfg.spark, cfg.lake)  # the notebook's session on Databricks
+check_session(spark, "ingest")  # shared/serverless compute (Spark Connect): one clear line
 
 # COMMAND ----------
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from capmix.compute import check_session
 from capmix.config import Config
 from capmix.errors import InputError
 
@@ -73,6 +74,7 @@ class PipelineResult:
 
 def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
     """Run the pipeline `cfg.run` describes; returns what ran and where the report is."""
+    check_session(spark, "run")  # Connect / Spark < 4.0: one line, no I/O
     started = time.monotonic()
     rc = cfg.run
     work = Path(rc.workdir)

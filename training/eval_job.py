@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from capmix.compute import check_session
 from capmix.config import Config
 from capmix.errors import InputError
 from training import evaluate as ev
@@ -36,6 +37,7 @@ def run(spark: "SparkSession", cfg: Config, checkpoint: str, task: str, data: Op
         write: bool = True) -> dict[str, float]:
     """Evaluate, write one `eval_results` row per metric (upsert by run, task, dataset,
     metric), return the metrics."""
+    check_session(spark, "eval")  # Connect / Spark < 4.0: one line, no I/O
     import torch
 
     ecfg = cfg.eval

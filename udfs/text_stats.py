@@ -94,20 +94,21 @@ def trigrams_column(tokens: "Column") -> "Column":
 FEATURES_DDL = "nouns ARRAY<STRING>, visual INT"
 
 
-def python_features_udf(tagger_kind: str, lexicon_dir: str):
-    """pandas UDF text -> struct(nouns, visual): the part that needs Python. The tagger is
-    built once per Python worker (capmix.tagger.load_tagger's cache), never on the driver."""
+def python_features_udf(tagger: bytes):
+    """pandas UDF text -> struct(nouns, visual): the part that needs Python. `tagger` is
+    `capmix.tagger.ship(...).payload`: the driver's tagger travels with the UDF, so executors
+    need neither the lexicon nor nltk's data, and each Python worker unpacks it once."""
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
 
     def features(texts: pd.Series) -> pd.DataFrame:
-        from capmix.tagger import load_tagger, nouns
+        from capmix.tagger import nouns, unpack
 
-        tagger = load_tagger(tagger_kind, lexicon_dir)
+        tagger_obj = unpack(tagger)
         found, visual = [], []
         for text in texts:
             text = text if isinstance(text, str) else ""
-            found.append(nouns(text, tagger))
+            found.append(nouns(text, tagger_obj))
             visual.append(visual_words(words(text)))
         return pd.DataFrame({"nouns": found, "visual": visual})
 
