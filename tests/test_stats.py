@@ -198,3 +198,53 @@ def test_stats_bad_input(spark, cfg):
     _lake(spark, cfg)
     with pytest.raises(InputError, match="unknown caption set"):
         run(spark, cfg, datasets=["nope"], report=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Executors need no lexicon (the driver ships the tagger with the UDF)
+
+
+def _lexicon_copy(tmp_path):
+    import shutil
+
+    from capmix.tagger import LINGUA_DIR
+
+    lexicon = tmp_path / "lexicon"
+    lexicon.mkdir()
+    for name in ("tags.yml", "words.yml", "unknown.yml"):
+        shutil.copy(f"{LINGUA_DIR}/{name}", lexicon / name)
+    return lexicon
+
+
+def test_shipped_tagger_tags_on_workers_without_the_lexicon(spark, tmp_path):
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    from capmix.tagger import ship
+
+    lexicon = _lexicon_copy(tmp_path)
+    shipped = ship("lingua-hmm", str(lexicon))  # the driver reads the lexicon once
+    shutil.rmtree(lexicon)  # ... and from here on nobody can
+    assert "lingua" in shipped.name and len(shipped.payload) < 2_000_000
+    texts = ["two dogs playing with a frisbee in the park", "a cat on a couch", None]
+    df = spark.createDataFrame([(t,) for t in texts], "text STRING").repartition(2)
+    got = {r.text: r.f.nouns for r in df.select(
+        "text", ts.python_features_udf(shipped.payload)(F.col("text")).alias("f")).collect()}
+    assert got == {"two dogs playing with a frisbee in the park": ["dogs", "frisbee", "park"],
+                   "a cat on a couch": ["cat", "couch"], None: []}
+
+
+def test_stats_without_a_lexicon_is_one_line_and_exit_2(spark, cfg, tmp_path, capsys):
+    from capmix.cli import main
+
+    _lake(spark, cfg)
+    rc = main(["stats", "--lake", cfg.lake.path, "--tagger", "lingua-hmm", "--no-report",
+               "--set", f"stats.lingua_lexicon={tmp_path / 'nowhere'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("capmix stats: config error: stats.lingua_lexicon:")
+    assert "liblingua-en-tagger-perl" in err[0]
+    from capmix.lake import open_lake
+
+    assert not open_lake(spark, cfg.lake).exists("text_stats")  # refused before writing
