@@ -13,7 +13,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test install data bench clean
+.PHONY: run test install data bench clean wheel
 
 $(STAMP): requirements.lock setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ run: $(STAMP) data
 
 test: $(STAMP) data
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# The wheel a cluster installs (Databricks: `%pip install dist/capmix-*.whl`, or the bundle's
+# libraries). Built offline from this tree with the venv's setuptools; requirements are ranges
+# (setup.py), never the lock's pins.
+wheel: $(STAMP)
+	rm -rf build dist/capmix-*.whl
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation --wheel-dir dist .
+	@ls dist/capmix-*.whl
 
 bench: $(STAMP) data
 	$(PY) -m bench.run_all
