@@ -133,6 +133,33 @@ def _spec(name: str, role: str, entry: dict, weights: str | None, key: str) -> M
                      description=entry.get("description", ""))
 
 
+def local_weights(spec: ModelSpec) -> Optional[str]:
+    """The local file or folder a spec loads its weights from (`/models/blip2`, `./ckpt.pt`,
+    `open_clip:local-dir:/m`, `file:///m`), or None (hub ids, packaged or random weights)."""
+    for value in (spec.pretrained, spec.source):
+        text = str(value or "")
+        text = text[len("local-dir:"):] if text.startswith("local-dir:") else text
+        if text.startswith("file:"):
+            from urllib.parse import unquote, urlparse
+
+            text = unquote(urlparse(text).path)
+        if text.startswith(("/", "./", "../", "~")):
+            return str(Path(text).expanduser())
+    return None
+
+
+def check_weights_reachable(spec: ModelSpec, key: str) -> None:
+    """ConfigError on the driver, before any task, when a spec's local weights are missing.
+    Every executor loads them from the same path (weights are gigabytes: capmix does not copy
+    them), so they belong where every node sees them: a Unity Catalog volume (/Volumes/...),
+    /dbfs/..., or a shared mount."""
+    path = local_weights(spec)
+    if path is not None and not Path(path).exists():
+        raise ConfigError(key, f"{path}: no such file or folder on the driver; executors load "
+                               "weights from this same path, so put them where every node sees "
+                               "them (/Volumes/..., /dbfs/..., a shared mount)")
+
+
 # --------------------------------------------------------------------------------------------
 # Loading (torch and friends imported here, never at import time)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from capmix import chunks
 from capmix.compute import check_session
+from capmix.models import check_weights_reachable, resolve
 from capmix.config import CaptionConfig, Config
 from capmix.errors import InputError
 from capmix.lake import Lake, open_lake
@@ -136,6 +137,8 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     from pyspark.sql import functions as F
 
     c = cfg.caption
+    # Local weights must exist before any task loads them (executors read the same path).
+    check_weights_reachable(resolve(c.captioner, "captioner", c.weights), "caption.weights")
     lake = open_lake(spark, cfg.lake)
     lake.require("pool")
     check_settings(lake, cfg)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from capmix import chunks
 from capmix.compute import check_session
+from capmix.models import check_weights_reachable, resolve
 from capmix.config import Config
 from capmix.lake import Lake, open_lake
 from capmix.tables import IMAGE_EMBEDDINGS, SCORES
@@ -171,6 +172,8 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
     from udfs.clip import score_frame
 
     s = cfg.score
+    # Local weights must exist before any task loads them (executors read the same path).
+    check_weights_reachable(resolve(s.scorer, "scorer", s.weights), "score.weights")
     lake = open_lake(spark, cfg.lake)
     lake.require("pool")
     # Fences before planning (capmix/chunks.py): a concurrent run's commits then conflict.

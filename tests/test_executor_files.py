@@ -39,3 +39,34 @@ def test_stats_on_an_executor_without_the_lexicon(tmp_path):
     # ... and the counts are those the in-process test works out by hand (tests/test_stats.py).
     assert "lingua" in got["tagger"]
     assert got["nouns"] == {"raw": 6.0, "captioner:cap": 6.0}, got
+
+
+def test_local_weights_are_found_or_refused_on_the_driver(tmp_path):
+    import pytest
+
+    from capmix.errors import ConfigError
+    from capmix.models import check_weights_reachable, local_weights, resolve
+
+    assert local_weights(resolve("tiny-coca", "captioner")) is None  # random init, packaged
+    assert local_weights(resolve("hf:Salesforce/blip2-opt-2.7b", "captioner")) is None  # hub id
+    folder = tmp_path / "blip2"
+    folder.mkdir()
+    here = resolve("blip2-opt-2.7b", "captioner", str(folder))
+    assert local_weights(here) == str(folder)
+    check_weights_reachable(here, "caption.weights")
+    clip = resolve(f"open_clip:local-dir:{tmp_path / 'gone'}", "scorer")
+    assert local_weights(clip) == str(tmp_path / "gone")
+    with pytest.raises(ConfigError, match=r"score.weights: .*gone: no such file or folder on "
+                                          r"the driver; executors load weights"):
+        check_weights_reachable(clip, "score.weights")
+
+
+def test_caption_with_missing_weights_is_one_line_before_any_task(spark, cfg, tmp_path, capsys):
+    from capmix.cli import main
+
+    rc = main(["caption", "--lake", cfg.lake.path, "--captioner", "blip2-opt-2.7b",
+               "--weights", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("capmix caption: config error: caption.weights:"), err
+    assert not (tmp_path / "lake").exists()  # stopped before the lake was touched
