@@ -394,7 +394,8 @@ class StatsConfig:
     # Part-of-speech tagger for unique nouns. auto: nltk's averaged perceptron when its data is
     # installed, else the HMM over Lingua::EN::Tagger's lexicon (Debian liblingua-en-tagger-perl).
     tagger: Literal["auto", "nltk", "lingua-hmm"] = "auto"
-    # Where the Lingua::EN::Tagger lexicon lives (words.yml, tags.yml, unknown.yml).
+    # Where the Lingua::EN::Tagger lexicon lives (words.yml, tags.yml, unknown.yml). Read on the
+    # driver only: the loaded tagger is shipped to the executors with the UDF (capmix/tagger.py).
     lingua_lexicon: str = "/usr/share/perl5/Lingua/EN/Tagger"
     # Caption sets to measure; empty: raw, every captioner and every train set.
     datasets: list[str] = field(default_factory=list)
