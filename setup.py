@@ -35,6 +35,9 @@ setup(
         "open_clip_torch>=3.0,<4",
         "transformers>=4.40,<4.57",  # open_clip CoCa generate() breaks on 4.57+
         "fsspec>=2023.1",  # every path capmix opens itself (capmix/storage.py)
+        # cluster: k-means and nearest-centroid search; a GPU cluster may install faiss-gpu
+        # instead (same `faiss` module), which jobs.cluster uses when it sees GPUs.
+        "faiss-cpu>=1.8",
     ],
     extras_require={
         # On clusters with the Delta jars (Databricks, spark-submit --packages io.delta:...).
