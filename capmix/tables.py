@@ -56,10 +56,12 @@ SCORES = TableSpec(
     "uid STRING, source STRING, scorer STRING, text STRING, similarity DOUBLE, clip_s DOUBLE, "
     "created_at TIMESTAMP")
 
-# embedding: L2-normalised (unit length) float32, so a cosine is a dot product.
+# embedding: L2-normalised (unit length) float32, so a cosine is a dot product. origin: where it
+# came from: 'capmix:score' (embedded by the score job) or 'datacomp:<npz>#<prefix>' (a pool's
+# own precomputed embeddings, jobs/ingest_embeddings.py).
 IMAGE_EMBEDDINGS = TableSpec(
     "image_embeddings", ("uid", "scorer"),
-    "uid STRING, scorer STRING, embedding ARRAY<FLOAT>, created_at TIMESTAMP")
+    "uid STRING, scorer STRING, embedding ARRAY<FLOAT>, origin STRING, created_at TIMESTAMP")
 
 # distance: Euclidean, from the L2-normalised embedding to its (unit-length) nearest centroid.
 CLUSTERS = TableSpec(

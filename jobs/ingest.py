@@ -61,6 +61,11 @@ class IngestSummary:
     unsafe: int         # tar members ignored because their name leaves the shard's folder
     seconds: float
     noun: tuple[str, str] = ("unit", "units")
+    # The image hash against the shard metadata's sha256: equal, different, or not compared
+    # because the shard's bytes are not the ones hashed (img2dataset re-encodes by default).
+    sha256_match: int = 0
+    sha256_differ: int = 0
+    sha256_skipped: int = 0
 
     @property
     def already_present(self) -> int:
@@ -73,7 +78,18 @@ class IngestSummary:
             units += f" ({self.skipped:,} done before, skipped)"
         return (f"ingest: {units}, {self.ok:,} rows ok, {self.error:,} rows in error, "
                 f"{_plural(self.unsafe, 'unsafe member', 'unsafe members')} ignored, "
-                f"{self.already_present:,} already present ({_duration(self.seconds)})")
+                f"{self.already_present:,} already present ({_duration(self.seconds)})"
+                + self._hash_line())
+
+    def _hash_line(self) -> str:
+        compared = self.sha256_match + self.sha256_differ
+        if not (compared or self.sha256_skipped):
+            return ""
+        out = f"; sha256: {self.sha256_differ:,} of {compared:,} compared differ"
+        if self.sha256_skipped:
+            out += (f", {self.sha256_skipped:,} not compared (the shard's images were "
+                    "re-encoded; img2dataset --disable_all_reencoding keeps the hashed bytes)")
+        return out
 
 
 def _duration(seconds: float) -> str:
@@ -205,7 +221,8 @@ def run(spark: "SparkSession", cfg: Config, inputs: Optional[Sequence[str]] = No
     stats = acc.value
     return IngestSummary(len(units), len(done), stats.get("ok", 0), stats.get("error", 0),
                          max(0, appended - removed), stats.get("unsafe", 0),
-                         time.monotonic() - started, noun)
+                         time.monotonic() - started, noun, stats.get("sha256_match", 0),
+                         stats.get("sha256_differ", 0), stats.get("sha256_skipped", 0))
 
 
 def _report_group(progress: Progress, group: Sequence[Unit], stats: dict, seen: dict,
