@@ -150,10 +150,22 @@ def available_towers(shards: list[str]) -> dict[str, str]:
 
 
 # -- the executors' pass ----------------------------------------------------------------------
+def _arrow_schema() -> "pa.Schema":
+    import pyarrow as pa
+
+    return pa.schema([("kind", pa.string()), ("uid", pa.string()), ("text", pa.string()),
+                      ("embedding", pa.list_(pa.float32())), ("similarity", pa.float64()),
+                      ("shard", pa.string()), ("rows", pa.int64()), ("disagree", pa.int64()),
+                      ("problem", pa.string())])
+
+
 def shard_rows(batches: Iterator["pa.RecordBatch"], prefix: str) -> Iterator["pa.RecordBatch"]:
-    """One row per embedding, one per raw caption and one report row per shard."""
+    """One row per embedding, one per raw caption and one report row per shard, all with the
+    same Arrow schema (Spark's writer refuses a batch whose schema differs)."""
     import numpy as np
     import pyarrow as pa
+
+    schema = _arrow_schema()
 
     for batch in batches:
         for shard in batch.column(0).to_pylist():
@@ -168,7 +180,7 @@ def shard_rows(batches: Iterator["pa.RecordBatch"], prefix: str) -> Iterator["pa
                 "kind": ["embedding"] * n, "uid": data.uids, "text": none,
                 "embedding": vectors, "similarity": pa.nulls(n, pa.float64()),
                 "shard": [shard] * n, "rows": pa.nulls(n, pa.int64()),
-                "disagree": pa.nulls(n, pa.int64()), "problem": none})
+                "disagree": pa.nulls(n, pa.int64()), "problem": none}, schema=schema)
             m = len(with_text)
             yield pa.RecordBatch.from_pydict({
                 "kind": ["score"] * m, "uid": [data.uids[i] for i in with_text],
@@ -176,12 +188,14 @@ def shard_rows(batches: Iterator["pa.RecordBatch"], prefix: str) -> Iterator["pa
                 "embedding": pa.nulls(m, pa.list_(pa.float32())),
                 "similarity": data.similarity[np.asarray(with_text, dtype=int)],
                 "shard": [shard] * m, "rows": pa.nulls(m, pa.int64()),
-                "disagree": pa.nulls(m, pa.int64()), "problem": pa.nulls(m, pa.string())})
+                "disagree": pa.nulls(m, pa.int64()), "problem": pa.nulls(m, pa.string())},
+                schema=schema)
             yield pa.RecordBatch.from_pydict({
-                "kind": ["report"], "uid": pa.nulls(1, pa.string()), "text": pa.nulls(1, pa.string()),
+                "kind": ["report"], "uid": pa.nulls(1, pa.string()),
+                "text": pa.nulls(1, pa.string()),
                 "embedding": pa.nulls(1, pa.list_(pa.float32())),
                 "similarity": pa.nulls(1, pa.float64()), "shard": [shard], "rows": [n],
-                "disagree": [data.disagree], "problem": [data.problem]})
+                "disagree": [data.disagree], "problem": [data.problem]}, schema=schema)
 
 
 def group_rows(spark: "SparkSession", shards: list[str], prefix: str) -> "DataFrame":

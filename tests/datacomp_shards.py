@@ -17,9 +17,10 @@ def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 def write_shard(folder: Path, name: str, uids: list[str], texts: list[Optional[str]],
                 towers: dict[str, tuple[np.ndarray, np.ndarray]],
                 scores: Optional[dict[str, np.ndarray]] = None,
-                npz_extra: Optional[dict[str, np.ndarray]] = None) -> Path:
+                npz_extra: Optional[dict[str, np.ndarray]] = None,
+                dtype: type = np.float16) -> Path:
     """One shard; `scores[prefix]` replaces the consistent score column (to test disagreement).
-    Embeddings are stored as float16, as DataComp ships them."""
+    Embeddings are stored as float16 unless `dtype` says, as DataComp ships them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -30,10 +31,9 @@ def write_shard(folder: Path, name: str, uids: list[str], texts: list[Optional[s
                "sha256": [f"{i:064x}" for i in range(n)]}
     arrays = {}
     for prefix, (img, txt) in towers.items():
-        arrays[f"{prefix}_img"], arrays[f"{prefix}_txt"] = img.astype(np.float16), \
-            txt.astype(np.float16)
-        half_img = img.astype(np.float16).astype(np.float32)
-        half_txt = txt.astype(np.float16).astype(np.float32)
+        arrays[f"{prefix}_img"], arrays[f"{prefix}_txt"] = img.astype(dtype), txt.astype(dtype)
+        half_img = img.astype(dtype).astype(np.float32)
+        half_txt = txt.astype(dtype).astype(np.float32)
         half_img /= np.linalg.norm(half_img, axis=1, keepdims=True)
         half_txt /= np.linalg.norm(half_txt, axis=1, keepdims=True)
         consistent = np.einsum("ij,ij->i", half_img, half_txt)

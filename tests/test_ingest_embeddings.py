@@ -124,7 +124,8 @@ def test_text_only_scoring_equals_full_scoring(spark, tmp_path):
     scorer = models.load_scorer(models.resolve("tiny-clip", "scorer"))
     txt = scorer.embed_texts([t or "" for t in texts])
     write_shard(tmp_path / "meta", "00000000", uids, texts,
-                {"tiny": (np.stack(emb["embedding"]).astype(np.float32), txt)})
+                {"tiny": (np.stack(emb["embedding"]).astype(np.float32), txt)},
+                dtype=np.float32)  # float16 would move the cosines by ~4e-5
 
     for r in rows:  # B's pool: the same samples, image bytes broken or missing
         r["image"] = b"" if r["uid"] == uids[0] else b"\x00broken"
