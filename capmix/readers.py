@@ -133,11 +133,11 @@ def bytes_original(shard: str) -> bool:
     import json
 
     path = stats_path(shard)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         return True
     try:
-        with open(path, encoding="utf-8") as fh:
-            stats = json.load(fh)
+        with storage.open_input(path) as fh:
+            stats = json.loads(fh.read())
     except (OSError, ValueError):
         return False  # unreadable: the hash cannot be trusted to describe these bytes
     config = stats.get("config") if isinstance(stats, dict) else None

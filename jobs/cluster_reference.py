@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -26,7 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("capmix")
 
 IMAGE_SUFFIXES = r"(?i)\.(jpe?g|png|webp|bmp|gif|tiff?)$"
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass
@@ -39,24 +36,21 @@ class Reference:
     array: Optional[np.ndarray] = None
 
 
-def is_uri(path: str) -> bool:
-    return bool(_SCHEME.match(path)) and not path.startswith("file://")
-
-
 def path_exists(path: str, folder: bool = False) -> bool:
-    """Whether a reference path exists. Local paths only for now; a URI (s3://, gs://, ...) is
-    left to Spark's reader to find. The one place to switch to capmix's storage helpers."""
-    if is_uri(path):
-        return True
-    local = path[len("file://"):] if path.startswith("file://") else path
-    return os.path.isdir(local) if folder else os.path.exists(local)
+    """Whether a reference path (local, or an object-store URI through capmix.storage) exists."""
+    from capmix import storage
+
+    return storage.isdir(path) if folder else storage.exists(path)
 
 
 def read_image_folder(spark: "SparkSession", folder: str) -> "DataFrame":
     """Every image file under `folder` (recursively) as DataFrame[uid = path, image bytes]."""
     from pyspark.sql import functions as F
 
-    return (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder)
+    from capmix.storage import spark_path
+
+    return (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+            .load(spark_path(folder))
             .where(F.col("path").rlike(IMAGE_SUFFIXES))
             .selectExpr("path AS uid", "content AS image"))
 
@@ -109,16 +103,20 @@ def _embeddings_file(spark: "SparkSession", path: str) -> Reference:
     if not path_exists(path):
         raise InputError(f"reference embeddings not found: {path}")
     if path.lower().endswith(".npy"):
+        from capmix.storage import open_input
+
         try:
-            array = np.load(path[len("file://"):] if path.startswith("file://") else path,
-                            allow_pickle=False)
+            with open_input(path) as fh:
+                array = np.load(fh, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InputError(f"reference embeddings {path}: not a .npy matrix ({exc})") from None
         if array.ndim != 2:
             raise InputError(f"reference embeddings {path}: a (rows, dim) matrix is needed, "
                              f"got shape {array.shape}")
         return Reference(f"file {path}", array=array.astype(np.float32, copy=False))
-    frame = _with_uid(spark.read.parquet(path))
+    from capmix.storage import spark_path
+
+    frame = _with_uid(spark.read.parquet(spark_path(path)))
     if "embedding" not in frame.columns:
         raise InputError(f"reference embeddings {path}: parquet needs an `embedding` column "
                          f"(it has {', '.join(frame.columns)})")
