@@ -125,6 +125,7 @@ def run(spark: "SparkSession", cfg: Config, *, k: Optional[int] = None,
     from pyspark.sql import functions as F
 
     from udfs.assign import assign_frame
+    from udfs.runtime import threads_per_task
 
     scorer = scorer or cfg.cluster.scorer or cfg.score.scorer
     seed = cfg.cluster.seed
@@ -161,7 +162,7 @@ def run(spark: "SparkSession", cfg: Config, *, k: Optional[int] = None,
         mask[sorted(kept)] = True
         keep = sc.broadcast(mask)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        rows = assign_frame(embeddings, shared, keep).select(
+        rows = assign_frame(embeddings, shared, keep, threads_per_task(spark)).select(
             "uid", "cluster", "distance", "keep", F.lit(scorer).alias("scorer"),
             F.lit(k).alias("k"), F.lit(now).alias("created_at"))
         lake.overwrite("clusters", CLUSTERS.conform(rows))

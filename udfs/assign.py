@@ -43,10 +43,14 @@ def embedding_matrix(column: "pa.Array", dim: int) -> np.ndarray:
     return values.astype(np.float32, copy=False).reshape(len(column), dim)
 
 
-def _index(centroids: "Broadcast") -> Any:
+def _index(centroids: "Broadcast", threads: Optional[int]) -> Any:
     from capmix.centroids import flat_index
     from udfs.runtime import task_gpus
 
+    if threads:  # the task's share of the cores: faiss's OpenMP would otherwise take them all
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
     with _LOCK:
         if _INDEX.get("of") is not centroids:
             gpus = task_gpus()
@@ -57,12 +61,13 @@ def _index(centroids: "Broadcast") -> Any:
 
 
 def assign_batches(batches: Iterator["pa.RecordBatch"], centroids: "Broadcast",
-                   keep: Optional["Broadcast"]) -> Iterator["pa.RecordBatch"]:
+                   keep: Optional["Broadcast"],
+                   threads: Optional[int] = None) -> Iterator["pa.RecordBatch"]:
     import pyarrow as pa
 
     from capmix.centroids import nearest
 
-    index = _index(centroids)
+    index = _index(centroids, threads)
     mask = keep.value if keep is not None else None
     dim = int(centroids.value.shape[1])
     for batch in batches:
@@ -77,11 +82,12 @@ def assign_batches(batches: Iterator["pa.RecordBatch"], centroids: "Broadcast",
             names=["uid", "cluster", "distance", "keep"])
 
 
-def assign_frame(df: "DataFrame", centroids: "Broadcast",
-                 keep: Optional["Broadcast"] = None) -> "DataFrame":
+def assign_frame(df: "DataFrame", centroids: "Broadcast", keep: Optional["Broadcast"] = None,
+                 threads: Optional[int] = None) -> "DataFrame":
     """DataFrame[uid, embedding ARRAY<FLOAT>] -> DataFrame[uid, cluster, distance, keep]; keep is
-    `keep.value[cluster]` (a boolean array of length k), False without a mask. Lazy."""
+    `keep.value[cluster]` (a boolean array of length k), False without a mask; `threads`: faiss
+    threads per task (udfs.runtime.threads_per_task). Lazy."""
     from functools import partial
 
     return df.select("uid", "embedding").mapInArrow(
-        partial(assign_batches, centroids=centroids, keep=keep), OUTPUT_SCHEMA)
+        partial(assign_batches, centroids=centroids, keep=keep, threads=threads), OUTPUT_SCHEMA)
