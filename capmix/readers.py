@@ -10,7 +10,7 @@ raw samples into pool rows. Readers run on Spark executors and never write to di
   (with a warning). Members whose name leaves the shard's folder (`../x`, `/x`) are never read
   and are reported through `on_unsafe`. The shard's parquet beside it (img2dataset / DataComp
   metadata) is looked up by key, then by uid; its rows for failed downloads have no members
-  and are not samples.
+  and become error rows (`failed_downloads`).
 - folder: the unit lists its entries (file names joined with the captions file on the driver).
 
 Every path may be an object store's URI (`capmix.storage`): a shard streams from the store as
@@ -114,6 +114,26 @@ def read_shard(path: str, text_limit: int,
                         fields={"uid_hint": f"{name}:{count}"})
     if key is not None:
         yield _shard_sample(key, members, lookup, shard_warning, key in seen, original)
+        seen.add(key)
+    yield from failed_downloads(lookup, seen)
+
+
+def failed_downloads(lookup: "_ShardMetadata", seen: set[str]) -> Iterator[RawSample]:
+    """img2dataset's parquet lists every url it tried; those that failed (status other than
+    'success', no members in the tar) become error rows of the pool, with img2dataset's error,
+    so the summary counts them and `SELECT ... FROM pool WHERE status = 'error'` finds them."""
+    read = seen | {k.rpartition("/")[2] for k in seen}
+    for key, row in sorted(lookup.by_key.items()):
+        status = row.get("status")
+        if key in read or status in (None, "success"):
+            continue
+        sample = RawSample(key=key, error=f"download failed ({status}): "
+                                          f"{row.get('error_message') or 'no error message'}")
+        sample.fields = {k: row.get(k) for k in ("uid", "url", "caption", "sha256")
+                         if row.get(k) is not None}
+        sample.meta = {k: v for k, v in row.items() if v is not None}
+        sample.meta["failed_download"] = True
+        yield sample
 
 
 def _wanted(ext: str) -> bool:

@@ -140,6 +140,8 @@ def unit_rows(unit: Unit, settings: RowSettings, stats: Optional[dict] = None) -
         check = row.pop(SHA_CHECK, None)
         if stats is not None:
             stats[row["status"]] = stats.get(row["status"], 0) + 1
+            if sample.meta.get("failed_download"):
+                stats["failed_download"] = stats.get("failed_download", 0) + 1
             if check is not None:
                 stats[f"sha256_{check}"] = stats.get(f"sha256_{check}", 0) + 1
         yield row

@@ -54,3 +54,39 @@ def test_matching_hashes_count_as_equal_and_the_summary_says_so(tmp_path):
     assert line.endswith("; sha256: 0 of 3 compared differ, 2 not compared (the shard's images "
                          "were re-encoded; img2dataset --disable_all_reencoding keeps the "
                          "hashed bytes)")
+
+
+def test_img2dataset_default_output_failed_rows_are_counted_error_rows(tmp_path):
+    """A shard as img2dataset 1.47 writes it by default: re-encoded images, failed downloads
+    listed in the parquet with their status and error, a stats json beside it."""
+    tar = _reencoded_shard(tmp_path, {"count": 6, "successes": 4,
+                                      "config": {"disable_all_reencoding": False}})
+    table = pq.read_table(tmp_path / "00000.parquet").to_pylist()
+    table += [{**table[0], "key": f"00{i}", "url": f"https://example.com/gone{i}.jpg",
+               "status": "failed_to_download", "error_message": "HTTP Error 404: Not Found",
+               "sha256": None} for i in (8, 9)]
+    pq.write_table(pa.Table.from_pylist(table), tmp_path / "00000.parquet")
+    tally: dict = {}
+    rows = list(unit_rows(Unit("webdataset", str(tar)), RowSettings(1000, 10_000_000), tally))
+    failed = [r for r in rows if r["status"] == "error"]
+    assert len(rows) == 6 and len(failed) == 2
+    assert {r["url"] for r in failed} == {"https://example.com/gone8.jpg",
+                                          "https://example.com/gone9.jpg"}
+    assert all(r["error"] == "download failed (failed_to_download): HTTP Error 404: Not Found"
+               for r in failed)
+    assert (tally["ok"], tally["error"], tally["failed_download"], tally["sha256_skipped"]) == \
+        (4, 2, 2, 4)
+    assert not any(r["warnings"] for r in rows if r["status"] == "ok")
+    line = IngestSummary(1, 0, 4, 2, 6, 0, 1.0, failed_downloads=2, sha256_skipped=4).line()
+    assert "2 rows in error (2 failed downloads listed by the shard parquet)" in line
+
+
+def test_an_img2dataset_output_folder_glob_skips_its_side_files(tmp_path):
+    from capmix.inputs import plan_units
+
+    _reencoded_shard(tmp_path, {"count": 4, "config": {}})
+    (tmp_path / "urls.txt").write_text("https://example.com/a.jpg\n")
+    units, notes = plan_units([str(tmp_path / "*")])
+    assert [u.format for u in units] == ["webdataset"]
+    assert notes == ["skipped 3 file(s) that are not shards: 00000.parquet, 00000_stats.json, "
+                     "urls.txt"]
