@@ -17,6 +17,9 @@ DELTA_RS = ["deltalake>=1.0,<2"]
 TRAIN = ["petastorm>=0.13", "pyarrow>=14.0.1,<15"]
 # fsspec's S3 implementation (s3:// inputs and exports); gs://, abfss:// need gcsfs / adlfs.
 S3 = ["s3fs>=2023.5"]
+# The cluster stage's k-means and nearest-centroid search (faiss-cpu 1.15 needs numpy >= 1.25,
+# newer than 15.4 ML's 1.23.5; a GPU cluster may install faiss-gpu, the same `faiss` module).
+CLUSTER = ["faiss-cpu>=1.8"]
 CONNECT = ["grpcio>=1.67", "grpcio-status>=1.67", "googleapis-common-protos>=1.65"]
 
 setup(
@@ -59,13 +62,14 @@ setup(
         "delta": DELTA,
         "delta-rs": DELTA_RS,
         "s3": S3,
+        "cluster": CLUSTER,
         # The trainer's loader: petastorm 0.13 calls pyarrow's legacy ParquetDataset API, gone in
         # pyarrow 15, so this extra pins pyarrow < 15; Databricks 16.4/17.x ML (pyarrow 15.0.2,
         # 19.0.1, no petastorm) cannot take it. petastorm pins setuptools<70, which clashes with
         # torch: install it with --no-deps (the lock does).
         "train": TRAIN,
         # The whole local pipeline, as `make install` runs it (requirements.lock pins it exactly).
-        "local": SPARK + DELTA + DELTA_RS + TRAIN + CONNECT + S3,
+        "local": SPARK + DELTA + DELTA_RS + TRAIN + CONNECT + S3 + CLUSTER,
         # pyspark's Spark Connect client, for Connect sessions (tests/test_compute.py).
         "connect": CONNECT,
         # moto's S3 server on loopback stands in for an object store in the tests.

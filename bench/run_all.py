@@ -10,7 +10,7 @@ import sys
 import time
 
 BENCHMARKS = ("bench.ingest", "bench.udf_efficiency", "bench.stats_bench", "bench.mix_bench",
-              "bench.loader_bench", "bench.train_memory", "bench.scale")
+              "bench.loader_bench", "bench.train_memory", "bench.scale", "bench.cluster_bench")
 
 
 def main(argv: list[str] | None = None) -> int:

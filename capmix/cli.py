@@ -24,6 +24,8 @@ from capmix.errors import CapmixError
 # `capmix --help` and a CPU-only driver stay cheap.
 COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("jobs.ingest", "load webdataset shards, image folders or parquet into `pool`"),
+    "ingest-embeddings": ("jobs.ingest_embeddings", "a DataComp pool's own CLIP embeddings "
+                          "(parquet + npz) -> `image_embeddings`, raw `scores`"),
     "caption": ("jobs.caption", "caption every pool image into `captions` (resumable)"),
     "score": ("jobs.score", "CLIP-score raw and synthetic captions into `scores` (resumable)"),
     "sql": ("jobs.sql", "run Spark SQL over every lake table and print the result"),

@@ -24,8 +24,8 @@ from capmix.resources import resource_dir
 
 # Table names every stage agrees on (design.md, "Stages and tables"); `lake.tables` may rename them.
 TABLES = (
-    "pool", "captions", "scores", "image_embeddings", "clusters", "mix_runs", "train_sets",
-    "text_stats", "eval_results",
+    "pool", "captions", "scores", "image_embeddings", "clusters", "cluster_centroids", "mix_runs",
+    "train_sets", "text_stats", "eval_results",
 )
 
 
@@ -365,23 +365,33 @@ class MixConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """`capmix cluster`: DataComp's image-based filter (k-means + nearest reference centroid)."""
+    """`capmix cluster`: DataComp's image-based filter (faiss k-means on a uniform sample of the
+    image embeddings; keep the clusters nearest to a reference set)."""
 
-    k: int = 100
+    # None: DataComp's 100,000 centroids scaled to the pool (capmix/centroids.py states the rule).
+    k: Optional[int] = None
+    # Embeddings the centroids are fitted on; None: 64 per centroid, at most the pool.
+    sample_size: Optional[int] = None
     seed: int = 0
     max_iter: int = 20
-    # The reference set (exactly one): a folder of images, or a table (a lake table name, else a
-    # Spark/catalog table) with an `embedding` column or an `image` column.
+    # The reference set (exactly one): a folder (or URI) of images; a table (a lake table name,
+    # else a Spark/catalog table) with an `embedding` column or an `image` column; or a file of
+    # precomputed embeddings (.npy, or parquet with an `embedding` column).
     reference_images: Optional[str] = None
     reference_table: Optional[str] = None
+    reference_embeddings: Optional[str] = None
     # Embeddings clustered; None: score.scorer.
     scorer: Optional[str] = None
 
     def validate(self, key: str) -> None:
-        _check(self.k >= 2, f"{key}.k", "must be >= 2")
+        _check(self.k is None or self.k >= 2, f"{key}.k", "must be >= 2")
+        _check(self.sample_size is None or self.sample_size >= 2, f"{key}.sample_size",
+               "must be >= 2")
         _check(self.max_iter > 0, f"{key}.max_iter", "must be positive")
-        _check(not (self.reference_images and self.reference_table), f"{key}.reference_table",
-               "give reference_images or reference_table, not both")
+        given = [n for n in ("reference_images", "reference_table", "reference_embeddings")
+                 if getattr(self, n)]
+        _check(len(given) <= 1, f"{key}.{given[-1] if given else 'reference_table'}",
+               "give one reference set: " + " or ".join(given))
 
 
 @dataclass(frozen=True)

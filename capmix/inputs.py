@@ -189,13 +189,40 @@ def _has_images(folder: str) -> bool:
 
 
 # -- paths -> units -----------------------------------------------------------------------------
+def drop_side_files(paths: list[str], forced: str = "auto") -> tuple[list[str], Optional[str]]:
+    """(paths, one note or None) without the files an img2dataset output folder holds beside its
+    shards, so `capmix ingest 'out/*'` reads the shards: `*_stats.json`, the shard parquet next
+    to its .tar (read with the shard) and, when shards are among the inputs, any other file that
+    is neither a shard nor parquet (a url list). A lone unknown file is still an error."""
+    if forced != "auto":
+        return paths, None
+    stems = {p[: -len(next(x for x in TAR_SUFFIXES if p.lower().endswith(x)))]
+             for p in paths if is_tar(p)}
+    kept, dropped = [], []
+    for p in paths:
+        low = p.lower()
+        side = (low.endswith("_stats.json")
+                or (low.endswith(".parquet") and p[: -len(".parquet")] in stems)
+                or (bool(stems) and not is_tar(p) and not low.endswith(".parquet")
+                    and not storage.isdir(p)))
+        (dropped if side else kept).append(p)
+    if not dropped:
+        return paths, None
+    names = [storage.basename(p) for p in dropped]
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return kept, f"skipped {len(names)} file(s) that are not shards: {shown}"
+
+
 def plan_units(patterns: Iterable[str], forced: str = "auto", rows_per_unit: int = 2000,
                image_column: Optional[str] = None,
                text_column: Optional[str] = None) -> tuple[list[Unit], list[str]]:
     """(sorted units, notes for the log). Raises InputError before any write."""
     units: list[Unit] = []
     notes: list[str] = []
-    for path in expand_inputs(patterns):
+    paths, note = drop_side_files(expand_inputs(patterns), forced)
+    if note:
+        notes.append(note)
+    for path in paths:
         before = len(units)
         fmt = detect_format(path, forced)
         if fmt == "webdataset":

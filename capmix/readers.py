@@ -10,7 +10,7 @@ raw samples into pool rows. Readers run on Spark executors and never write to di
   (with a warning). Members whose name leaves the shard's folder (`../x`, `/x`) are never read
   and are reported through `on_unsafe`. The shard's parquet beside it (img2dataset / DataComp
   metadata) is looked up by key, then by uid; its rows for failed downloads have no members
-  and are not samples.
+  and become error rows (`failed_downloads`).
 - folder: the unit lists its entries (file names joined with the captions file on the driver).
 
 Every path may be an object store's URI (`capmix.storage`): a shard streams from the store as
@@ -43,6 +43,8 @@ class RawSample:
     meta: dict = field(default_factory=dict)    # any other metadata, kept in `meta`
     error: Optional[str] = None               # why the sample cannot be an 'ok' row
     warnings: list = field(default_factory=list)
+    # The bytes are the ones the metadata's sha256 hashed (not re-encoded by the downloader).
+    bytes_original: bool = True
 
 
 def read_unit(unit: Unit, text_limit: int,
@@ -74,6 +76,7 @@ def shard_metadata_path(shard: str) -> str:
 def read_shard(path: str, text_limit: int,
                on_unsafe: Callable[[str, str], None]) -> Iterator[RawSample]:
     lookup, shard_warning = _ShardMetadata.load(shard_metadata_path(path))
+    original = bytes_original(path)
     seen: set[str] = set()
     key: Optional[str] = None
     members: dict[str, bytes] = {}
@@ -95,7 +98,8 @@ def read_shard(path: str, text_limit: int,
                     continue
                 if member_key != key:
                     if key is not None:
-                        yield _shard_sample(key, members, lookup, shard_warning, key in seen)
+                        yield _shard_sample(key, members, lookup, shard_warning, key in seen,
+                                            original)
                         seen.add(key)
                     key, members = member_key, {}
                 data = tar.extractfile(member)
@@ -103,22 +107,68 @@ def read_shard(path: str, text_limit: int,
                 members[ext] = data.read(limit) if data is not None else b""
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         if members:  # the part of the damaged sample read before the damage
-            yield _shard_sample(key, members, lookup, shard_warning, key in seen)
+            yield _shard_sample(key, members, lookup, shard_warning, key in seen, original)
         key = None
         yield RawSample(key=None, error=f"shard {name} unreadable after "
                                         f"{count} member(s): {type(exc).__name__}: {exc}",
                         fields={"uid_hint": f"{name}:{count}"})
     if key is not None:
-        yield _shard_sample(key, members, lookup, shard_warning, key in seen)
+        yield _shard_sample(key, members, lookup, shard_warning, key in seen, original)
+        seen.add(key)
+    yield from failed_downloads(lookup, seen)
+
+
+def failed_downloads(lookup: "_ShardMetadata", seen: set[str]) -> Iterator[RawSample]:
+    """img2dataset's parquet lists every url it tried; those that failed (status other than
+    'success', no members in the tar) become error rows of the pool, with img2dataset's error,
+    so the summary counts them and `SELECT ... FROM pool WHERE status = 'error'` finds them."""
+    read = seen | {k.rpartition("/")[2] for k in seen}
+    for key, row in sorted(lookup.by_key.items()):
+        status = row.get("status")
+        if key in read or status in (None, "success"):
+            continue
+        sample = RawSample(key=key, error=f"download failed ({status}): "
+                                          f"{row.get('error_message') or 'no error message'}")
+        sample.fields = {k: row.get(k) for k in ("uid", "url", "caption", "sha256")
+                         if row.get(k) is not None}
+        sample.meta = {k: v for k, v in row.items() if v is not None}
+        sample.meta["failed_download"] = True
+        yield sample
 
 
 def _wanted(ext: str) -> bool:
     return ext in IMAGE_EXTS or ext in TEXT_EXTS or ext == "json"
 
 
+def stats_path(shard: str) -> str:
+    """img2dataset's per-shard stats file: 00000.tar -> 00000_stats.json."""
+    return shard_metadata_path(shard)[: -len(".parquet")] + "_stats.json"
+
+
+def bytes_original(shard: str) -> bool:
+    """Whether a shard's image bytes are the downloaded originals its sha256 column hashed.
+    img2dataset records its arguments in the shard's stats json and re-encodes unless run with
+    --disable_all_reencoding; a shard without a stats file (made another way, e.g. by DataComp's
+    own tools or by hand) is taken at its word, as before."""
+    import json
+
+    path = stats_path(shard)
+    if not storage.isfile(path):
+        return True
+    try:
+        with storage.open_input(path) as fh:
+            stats = json.loads(fh.read())
+    except (OSError, ValueError):
+        return False  # unreadable: the hash cannot be trusted to describe these bytes
+    config = stats.get("config") if isinstance(stats, dict) else None
+    config = config if isinstance(config, dict) else (stats if isinstance(stats, dict) else {})
+    return bool(config.get("disable_all_reencoding", False))
+
+
 def _shard_sample(key: str, members: dict[str, bytes], lookup: "_ShardMetadata",
-                  shard_warning: Optional[str], reappeared: bool) -> RawSample:
-    sample = RawSample(key=key, sidecar=members.get("json"))
+                  shard_warning: Optional[str], reappeared: bool,
+                  original: bool = True) -> RawSample:
+    sample = RawSample(key=key, sidecar=members.get("json"), bytes_original=original)
     images = [e for e in IMAGE_PREFERENCE if e in members]
     if images:
         sample.ext, sample.image = images[0], members[images[0]]

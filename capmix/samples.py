@@ -89,8 +89,13 @@ def to_row(sample: RawSample, source: str, settings: RowSettings) -> dict:
     image = sample.image
     sha = hashlib.sha256(image).hexdigest() if image is not None else None
     expected = _first(fields.get("sha256"), side.get("sha256"))
-    if sha and expected and expected.lower() != sha:
-        warnings.append("image sha256 differs from the one in the shard metadata")
+    # img2dataset hashes the download and then re-encodes it by default: the hash says nothing
+    # about the stored bytes unless the shard says they are the original ones. Counted in the
+    # ingest summary (unit_rows), never a warning per row.
+    check = None
+    if sha and expected:
+        check = ("skipped" if not sample.bytes_original
+                 else "match" if expected.lower() == sha else "differ")
     error, width, height, fmt = sample.error, None, None, None
     if error is None:
         info = inspect_image(image, settings.max_pixels)
@@ -107,8 +112,11 @@ def to_row(sample: RawSample, source: str, settings: RowSettings) -> dict:
         "status": "ok" if error is None else "error", "error": error,
         "warnings": "; ".join(warnings) if warnings else None,
         "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str) if meta else None,
-        "source": source,
+        "source": source, SHA_CHECK: check,
     }
+
+
+SHA_CHECK = "_sha256_check"  # to_row's hash comparison, popped and counted by unit_rows
 
 
 def arrow_schema():
@@ -129,8 +137,13 @@ def unit_rows(unit: Unit, settings: RowSettings, stats: Optional[dict] = None) -
 
     for sample in read_unit(unit, read_limit(settings.max_chars), on_unsafe):
         row = to_row(sample, unit.id, settings)
+        check = row.pop(SHA_CHECK, None)
         if stats is not None:
             stats[row["status"]] = stats.get(row["status"], 0) + 1
+            if sample.meta.get("failed_download"):
+                stats["failed_download"] = stats.get("failed_download", 0) + 1
+            if check is not None:
+                stats[f"sha256_{check}"] = stats.get(f"sha256_{check}", 0) + 1
         yield row
 
 

@@ -56,14 +56,25 @@ SCORES = TableSpec(
     "uid STRING, source STRING, scorer STRING, text STRING, similarity DOUBLE, clip_s DOUBLE, "
     "created_at TIMESTAMP")
 
-# embedding: L2-normalised (unit length) float32, so a cosine is a dot product.
+# embedding: L2-normalised (unit length) float32, so a cosine is a dot product. origin: where it
+# came from: 'capmix:score' (embedded by the score job) or 'datacomp:<npz>#<prefix>' (a pool's
+# own precomputed embeddings, jobs/ingest_embeddings.py).
 IMAGE_EMBEDDINGS = TableSpec(
     "image_embeddings", ("uid", "scorer"),
-    "uid STRING, scorer STRING, embedding ARRAY<FLOAT>, created_at TIMESTAMP")
+    "uid STRING, scorer STRING, embedding ARRAY<FLOAT>, origin STRING, created_at TIMESTAMP")
 
+# distance: Euclidean, from the L2-normalised embedding to its (unit-length) nearest centroid.
 CLUSTERS = TableSpec(
     "clusters", ("uid",),
-    "uid STRING, cluster INT, keep BOOLEAN, scorer STRING, k INT, created_at TIMESTAMP")
+    "uid STRING, cluster INT, distance FLOAT, keep BOOLEAN, scorer STRING, k INT, "
+    "created_at TIMESTAMP")
+
+# The centroids the latest `clusters` were assigned to: a run is reproducible and auditable.
+# model: the scorer whose image embeddings were clustered; sample_size: vectors fitted on.
+CLUSTER_CENTROIDS = TableSpec(
+    "cluster_centroids", ("id",),
+    "id INT, vector ARRAY<FLOAT>, model STRING, k INT, sample_size BIGINT, seed BIGINT, "
+    "created_at TIMESTAMP")
 
 MIX_RUNS = TableSpec(
     "mix_runs", ("name",),
@@ -88,5 +99,5 @@ EVAL_RESULTS = TableSpec(
     "step BIGINT, samples_seen BIGINT, data STRING, created_at TIMESTAMP")
 
 SPECS: dict[str, TableSpec] = {s.name: s for s in (
-    POOL, CAPTIONS, SCORES, IMAGE_EMBEDDINGS, CLUSTERS, MIX_RUNS, TRAIN_SETS, TEXT_STATS,
-    EVAL_RESULTS)}
+    POOL, CAPTIONS, SCORES, IMAGE_EMBEDDINGS, CLUSTERS, CLUSTER_CENTROIDS, MIX_RUNS, TRAIN_SETS,
+    TEXT_STATS, EVAL_RESULTS)}

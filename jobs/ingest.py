@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from capmix import storage
 from capmix.config import Config
 from capmix.errors import InputError
-from capmix.inputs import FORMATS, Unit, detect_format, expand_inputs, plan_units
+from capmix.inputs import (FORMATS, Unit, detect_format, drop_side_files, expand_inputs,
+                           plan_units)
 from capmix.lake import open_lake
 from capmix.progress import Progress
 from capmix.tables import POOL
@@ -61,6 +62,12 @@ class IngestSummary:
     unsafe: int         # tar members ignored because their name leaves the shard's folder
     seconds: float
     noun: tuple[str, str] = ("unit", "units")
+    # The image hash against the shard metadata's sha256: equal, different, or not compared
+    # because the shard's bytes are not the ones hashed (img2dataset re-encodes by default).
+    sha256_match: int = 0
+    sha256_differ: int = 0
+    sha256_skipped: int = 0
+    failed_downloads: int = 0  # of the rows in error: urls img2dataset could not download
 
     @property
     def already_present(self) -> int:
@@ -71,9 +78,22 @@ class IngestSummary:
         units = _plural(self.units, *self.noun)
         if self.skipped:
             units += f" ({self.skipped:,} done before, skipped)"
-        return (f"ingest: {units}, {self.ok:,} rows ok, {self.error:,} rows in error, "
+        failed = (f" ({self.failed_downloads:,} failed downloads listed by the shard parquet)"
+                  if self.failed_downloads else "")
+        return (f"ingest: {units}, {self.ok:,} rows ok, {self.error:,} rows in error{failed}, "
                 f"{_plural(self.unsafe, 'unsafe member', 'unsafe members')} ignored, "
-                f"{self.already_present:,} already present ({_duration(self.seconds)})")
+                f"{self.already_present:,} already present ({_duration(self.seconds)})"
+                + self._hash_line())
+
+    def _hash_line(self) -> str:
+        compared = self.sha256_match + self.sha256_differ
+        if not (compared or self.sha256_skipped):
+            return ""
+        out = f"; sha256: {self.sha256_differ:,} of {compared:,} compared differ"
+        if self.sha256_skipped:
+            out += (f", {self.sha256_skipped:,} not compared (the shard's images were "
+                    "re-encoded; img2dataset --disable_all_reencoding keeps the hashed bytes)")
+        return out
 
 
 def _duration(seconds: float) -> str:
@@ -205,7 +225,9 @@ def run(spark: "SparkSession", cfg: Config, inputs: Optional[Sequence[str]] = No
     stats = acc.value
     return IngestSummary(len(units), len(done), stats.get("ok", 0), stats.get("error", 0),
                          max(0, appended - removed), stats.get("unsafe", 0),
-                         time.monotonic() - started, noun)
+                         time.monotonic() - started, noun, stats.get("sha256_match", 0),
+                         stats.get("sha256_differ", 0), stats.get("sha256_skipped", 0),
+                         stats.get("failed_download", 0))
 
 
 def _report_group(progress: Progress, group: Sequence[Unit], stats: dict, seen: dict,
@@ -252,7 +274,7 @@ def check_args(cfg: Config, args: argparse.Namespace) -> None:
         raise InputError("no inputs: give webdataset shards, image folders or parquet files")
     for store in {storage.store_root(p) for p in cfg.ingest.inputs if storage.is_uri(p)}:
         storage.check_reachable(store, "input")
-    for path in expand_inputs(cfg.ingest.inputs):
+    for path in drop_side_files(expand_inputs(cfg.ingest.inputs), cfg.ingest.format)[0]:
         detect_format(path, cfg.ingest.format)
 
 

@@ -95,6 +95,7 @@ def _done(spark: "SparkSession", lake: Lake, table: str, scorer: str, cols: list
     return lake.read(table).where(F.col("scorer") == scorer).select(*cols)
 
 
+ORIGIN = "capmix:score"  # image_embeddings.origin of the vectors this job computes
 WORK_SCHEMA = ("uid STRING, embed BOOLEAN, texts ARRAY<STRUCT<source: STRING, text: STRING>>, "
                f"stored_embedding ARRAY<FLOAT>, {chunks.CHUNK_COLUMN} INT")
 
@@ -108,15 +109,19 @@ def plan(spark: "SparkSession", lake: Lake, cfg: Config, pool: "DataFrame"):
     from pyspark.sql import functions as F
 
     s = cfg.score
-    usable = pool.where(F.col("status") == "ok")
     emb_done = _done(spark, lake, "image_embeddings", s.scorer, ["uid"])
+    # An image with a stored embedding (e.g. a DataComp pool's own, jobs/ingest_embeddings.py)
+    # is usable whatever its bytes: only its texts are embedded, its image is never read.
+    keyed = (pool.select("uid", chunks.FILE_COLUMN, "status", "text")
+             .join(emb_done.withColumn("embedded", F.lit(True)), "uid", "left")
+             .withColumn("usable", (F.col("status") == "ok") | F.col("embedded").isNotNull()))
+    usable = keyed.where("usable")
     texts = candidate_texts(spark, lake, cfg, usable).join(
         _done(spark, lake, "scores", s.scorer, ["uid", "source"]), ["uid", "source"], "left_anti")
     per_uid = texts.groupBy("uid").agg(
         F.collect_list(F.struct("source", "text")).alias("texts"),
         F.count(F.lit(1)).alias("n_texts"))
-    flags = (pool.select("uid", chunks.FILE_COLUMN, (F.col("status") == "ok").alias("usable"))
-             .join(emb_done.withColumn("embedded", F.lit(True)), "uid", "left")
+    flags = (keyed.select("uid", chunks.FILE_COLUMN, "usable", "embedded")
              .join(per_uid, "uid", "left")
              .withColumn("embed", F.col("embedded").isNull())
              .withColumn("n_texts", F.coalesce("n_texts", F.lit(0))))
@@ -196,7 +201,8 @@ def run(spark: "SparkSession", cfg: Config) -> chunks.RunSummary:
             now = F.current_timestamp().alias("created_at")
             embedded = emb_fence.append(IMAGE_EMBEDDINGS.conform(
                 out.where(F.col("source").isNull()).select(
-                    "uid", F.lit(s.scorer).alias("scorer"), "embedding", now)))
+                    "uid", F.lit(s.scorer).alias("scorer"), "embedding",
+                    F.lit(ORIGIN).alias("origin"), now)))
             scored = score_fence.append(SCORES.conform(
                 out.where(F.col("source").isNotNull()).select(
                     "uid", "source", F.lit(s.scorer).alias("scorer"), "text", "similarity",

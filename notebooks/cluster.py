@@ -2,7 +2,8 @@
 # MAGIC %md
 # MAGIC # Cluster: DataComp's image-based filter -> `clusters`
 # MAGIC
-# MAGIC k-means (Spark MLlib) over the normalised image embeddings of one scorer; the clusters that
+# MAGIC faiss k-means on a uniform sample of one scorer's image embeddings (centroids in
+# MAGIC `cluster_centroids`), every embedding assigned by faiss in an Arrow UDF; the clusters that
 # MAGIC are the nearest centroid of at least one reference image are kept (ImageNet-1k train images
 # MAGIC in the paper). Apply it to any mix with `intersect_clusters`. The same `jobs.cluster.run`
 # MAGIC serves `capmix cluster` and `spark-submit jobs/cluster.py`.
@@ -10,10 +11,12 @@
 # COMMAND ----------
 
 DEFAULTS = {
-    "k": "100",
+    "k": "",                   # empty: DataComp's 100,000 scaled to the pool
+    "sample_size": "",         # empty: 64 embeddings per centroid
     "seed": "0",
-    "reference_images": "",    # a folder of images (embedded with the scorer), or
-    "reference_table": "",     # a table with an `embedding` or an `image` column
+    "reference_images": "",    # a folder/URI of images (embedded with the scorer), or
+    "reference_table": "",     # a table with an `embedding` or an `image` column, or
+    "reference_embeddings": "",  # precomputed embeddings: .npy or parquet
     "scorer": "",              # empty: cluster.scorer, else score.scorer
     "lake": "",
     "config": "",
@@ -32,19 +35,22 @@ from jobs.cluster import run  # noqa: E402
 
 config = preset(params["config"])  # conf/databricks.yaml on Databricks
 cfg = load_config(config, {
-    "lake.path": params["lake"] or None, "cluster.k": int(params["k"]),
+    "lake.path": params["lake"] or None, "cluster.k": int(params["k"]) if params["k"] else None,
+    "cluster.sample_size": int(params["sample_size"]) if params["sample_size"] else None,
     "cluster.seed": int(params["seed"]),
     "cluster.reference_images": params["reference_images"] or None,
     "cluster.reference_table": params["reference_table"] or None,
+    "cluster.reference_embeddings": params["reference_embeddings"] or None,
     "cluster.scorer": params["scorer"] or None})
 spark, _ = get_or_create(cfg.spark, cfg.lake)
 
 # COMMAND ----------
 
-if cfg.cluster.reference_images or cfg.cluster.reference_table:
+c = cfg.cluster
+if c.reference_images or c.reference_table or c.reference_embeddings:
     print(run(spark, cfg))
 else:
-    print("set the `reference_images` or `reference_table` widget to cluster")
+    print("set the `reference_images`, `reference_table` or `reference_embeddings` widget")
 
 # COMMAND ----------
 

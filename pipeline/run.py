@@ -96,7 +96,8 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
         _stage(result, "score", lambda: _job("jobs.score").run(spark, cfg))
     runs = _strategy_runs(cfg, work)
     if rc.wants("cluster") and (rc.intersect_clusters or cfg.cluster.reference_images
-                                or cfg.cluster.reference_table):
+                                or cfg.cluster.reference_table
+                                or cfg.cluster.reference_embeddings):
         _marked(result, markers, "cluster", {
             "image_embeddings": lake.version("image_embeddings"), "cluster": cfg.cluster},
             lambda: _job("jobs.cluster").run(spark, cfg))

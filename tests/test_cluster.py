@@ -59,6 +59,7 @@ def test_keeps_the_clusters_nearest_to_the_reference(spark, cfg, lake):
     lake.append("reference", ref)
     result = run(spark, _cfg(cfg, reference_table="reference"))
     assert (result.images, result.k, result.kept_clusters, result.kept_images) == (36, 3, 2, 24)
+    assert result.sample_size == 36  # 64 per centroid, at most the pool
     got = {r.uid: (r.cluster, r.keep) for r in lake.read("clusters").collect()}
     assert set(got) == {u for uids in groups.values() for u in uids}
     for axis, uids in groups.items():
