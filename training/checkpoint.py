@@ -56,6 +56,14 @@ def resolve(path: str | os.PathLike) -> Path:
                      "folder with checkpoints/step_*.pt)")
 
 
+def remove_all(out: str | os.PathLike) -> int:
+    """Delete every checkpoint under OUT (`--restart`); returns how many."""
+    found = list_checkpoints(out)
+    for _, path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
+
+
 def save(out: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 0) -> Path:
     """Write `state` as the checkpoint of `step` atomically; keep only the newest `keep`
     (0: all)."""
