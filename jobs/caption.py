@@ -35,10 +35,12 @@ SETTINGS = ("model", "prompt", "temperature", "top_k", "min_length", "max_length
 def task_for(spark: "SparkSession", c: CaptionConfig) -> "CaptionTask":
     """The worker settings of this run (the prompt defaults to the registry's)."""
     from capmix.models import resolve
+    from capmix.weights import check_spec
     from udfs.caption import CaptionTask
     from udfs.runtime import threads_per_task
 
     spec = resolve(c.captioner, "captioner", c.weights, "caption.captioner")
+    check_spec(spec)  # a bad --weights file: one line here, not a failed Spark task
     return CaptionTask(
         captioner=c.captioner, weights=c.weights, prompt=c.prompt or spec.prompt,
         samples=c.samples, seed=c.seed, top_k=c.top_k, temperature=c.temperature,

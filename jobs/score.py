@@ -34,10 +34,13 @@ if TYPE_CHECKING:
 
 
 def task_for(spark: "SparkSession", cfg: Config) -> "ScoreTask":
+    from capmix.models import resolve
+    from capmix.weights import check_spec
     from udfs.clip import ScoreTask
     from udfs.runtime import threads_per_task
 
     s = cfg.score
+    check_spec(resolve(s.scorer, "scorer", s.weights, "score.scorer"))  # bad --weights: here
     return ScoreTask(scorer=s.scorer, weights=s.weights, device=s.device,
                      precision=s.precision, batch_size=s.batch_size,
                      threads=threads_per_task(spark, s.threads))

@@ -418,6 +418,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         sets = dict(parse_override(s) for s in args.settings)
         sets.update({k: v for k, v in overrides(args).items() if v is not None})
+        if args.lake:
+            sets["lake.path"] = args.lake
         cfg = load_config(args.config, sets)
         run(cfg, args.data, args.out, resume=args.resume, restart=args.restart)
         return 0
