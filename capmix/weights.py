@@ -50,7 +50,13 @@ def read_state(path: str, arch: Optional[str] = None, mmap: bool = False) -> dic
 
     file = resolve_file(path)
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # Only torch's zip format maps; an older or foreign file is read the plain way.
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, truncated, or pickled code refused
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise InputError(f"--weights {file}: cannot be loaded ({type(exc).__name__}: "

@@ -198,6 +198,15 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {f"caption.{k}": getattr(args, k) for k in keys}
 
 
+def check_args(cfg: Config, args: argparse.Namespace) -> None:
+    """Before the session: a --weights file that cannot be loaded is one line (exit 2)."""
+    from capmix.models import resolve
+    from capmix.weights import check_spec
+
+    c = cfg.caption
+    check_spec(resolve(c.captioner, "captioner", c.weights, "caption.captioner"))
+
+
 def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> int:
     run(spark, cfg)
     return 0

@@ -237,6 +237,15 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_args(cfg: Config, args: argparse.Namespace) -> None:
+    """Before the session: a --weights file that cannot be loaded is one line (exit 2)."""
+    from capmix.models import resolve
+    from capmix.weights import check_spec
+
+    c = cfg.score
+    check_spec(resolve(c.scorer, "scorer", c.weights, "score.scorer"))
+
+
 def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> int:
     run(spark, cfg)
     return 0
