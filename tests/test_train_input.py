@@ -152,7 +152,8 @@ def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(pool
     assert sorted(seen) == sorted(r["uid"] for r in rows)
     assert lake_bytes() == before and not list(out.rglob("*.parquet"))  # no image copied
     state = json.loads((out / "train_config.json").read_text())
-    assert state["train_set"] == "toy_raw" and state["settings"]["train_set_version"] >= 0
+    assert state["train_set"] == "toy_raw" and state["train_set_version"] >= 0
+    assert len(state["settings"]["train_set_version"]) == 32  # the train set's content digest
 
 
 def test_training_from_an_unknown_train_set_is_one_line(pool_lake, tmp_path, capsys):

@@ -64,7 +64,7 @@ def check_resume_here(cfg: Config, args: argparse.Namespace, source, world: int)
         return
     samples = cfg.train.samples or source.pool_rows
     data = os.path.abspath(args.data) if args.data and "://" not in args.data else args.data
-    now = run_settings(cfg.train, samples, world, data, source.train_set, source.version)
+    now = run_settings(cfg.train, samples, world, data, source.train_set, source.digest)
     check_resume(saved_settings(ckpt.load(latest)), now, str(latest))
 
 

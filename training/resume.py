@@ -15,7 +15,7 @@ from capmix.errors import InputError
 # (name in the message, what it means) in the order they are checked.
 SETTINGS = ("samples", "batch_size", "lr", "warmup", "objective", "model", "seed",
             "world_size", "shuffle_buffer", "fragment", "fragment_tokens", "data", "train_set",
-            "train_set_version")
+            "train_set_version")  # version: the train set's content digest (sources.py)
 
 
 def run_settings(tcfg: TrainConfig, samples: int, world: int, data: Optional[str],

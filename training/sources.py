@@ -39,7 +39,10 @@ class Source:
     count_columns: list[str]  # the (narrow) columns that suffice to count samples
     kind: str = "export"
     train_set: Optional[str] = None
-    version: Optional[int] = None  # train_sets' Delta version (pool path)
+    version: Optional[int] = None  # train_sets' Delta version when read (pool path)
+    # The train set's content (its sorted uid, source, text rows), hashed: what a resume
+    # compares. Not the table's version, which every other strategy's mix moves too.
+    digest: Optional[str] = None
     pool_rows: Optional[int] = None  # the default samples-seen budget
     clips: bool = False
     # pool path: uid -> [(text, source, synthetic)]; the raw caption comes with the image
@@ -136,7 +139,26 @@ def pool_source(lake_path: str, tables: dict[str, str], train_set: str, objectiv
     urls = sorted(_uri(u) for u in pool.file_uris())
     return Source(urls=urls, columns=["uid", "status", "text", "image"],
                   count_columns=["uid", "status"], kind="pool", train_set=train_set,
-                  version=sets.version(), pool_rows=ok, clips=clips, members=members)
+                  version=sets.version(), digest=_digest(rows), pool_rows=ok, clips=clips,
+                  members=members)
+
+
+def _digest(rows) -> str:
+    """blake2b of the rows sorted by (uid, source, text): Arrow sorts, the hash reads buffers."""
+    import hashlib
+
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(rows, sort_keys=[("uid", "ascending"), ("source", "ascending"),
+                                             ("text", "ascending")])
+    table = rows.take(order).combine_chunks()
+    h = hashlib.blake2b(digest_size=16)
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(buf)
+    return h.hexdigest()
 
 
 def _synthetic_captions(captions, rows, captioner: Optional[str]) -> dict[str, Optional[str]]:

@@ -164,7 +164,7 @@ def run(cfg: Config, data: Optional[str], out: str, resume: bool = False,
     steps = plan_steps(samples, tcfg.batch_size)
     settings = run_settings(tcfg, samples, ctx.world,
                             os.path.abspath(data) if data and "://" not in data else data,
-                            source.train_set, source.version)
+                            source.train_set, source.digest)
     if restart:
         _barrier(ctx)  # every rank has looked at --out before rank 0 clears it
         if ctx.main:
