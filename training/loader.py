@@ -280,7 +280,8 @@ class Batches:
         except queue.Empty:
             pass
         self.thread.join(timeout=30)
-        self.stream.close() if hasattr(self.stream, "close") else None
+        if not self.thread.is_alive():  # else the generator is still running in it
+            self.stream.close()  # stops the epoch's petastorm reader
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "Batches":
