@@ -102,7 +102,7 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None,
         log.debug("%s finished in %.1fs", name, time.monotonic() - started)
         return int(code or 0)
     except CapmixError as exc:
-        print(f"capmix {name}: {exc}", file=sys.stderr)
+        print(f"{prog or f'capmix {name}'}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"capmix {name}: interrupted; committed work is kept, re-run to resume",

@@ -119,7 +119,9 @@ def pool_lake(spark, tmp_path_factory):
     return root, rows
 
 
-def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(pool_lake):
+def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(spark, pool_lake,
+                                                                            capsys):
+    from capmix.cli import main
     from training.loader import sample_stream
     from training.sources import export_source, pool_source
     from training.data import read_export
@@ -154,6 +156,24 @@ def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(pool
     state = json.loads((out / "train_config.json").read_text())
     assert state["train_set"] == "toy_raw" and state["train_set_version"] >= 0
     assert len(state["settings"]["train_set_version"]) == 32  # the train set's content digest
+
+    # The train set changes (a re-run mix): resuming that run is refused, in one line.
+    from capmix.config import from_dict
+    from capmix.lake import open_lake
+    from capmix.tables import TRAIN_SETS
+    from conftest import TEST_SPARK
+
+    lake_obj = open_lake(spark, from_dict({"spark": TEST_SPARK,
+                                           "lake": {"path": str(lake)}}).lake)
+    extra = spark.createDataFrame([("toy_raw", rows[0]["uid"], "toycap:0", "another caption",
+                                    0.2)], TRAIN_SETS.schema())
+    lake_obj.append("train_sets", TRAIN_SETS.conform(extra))
+    capsys.readouterr()
+    code = main(["train", "--lake", str(lake), "--train-set", "toy_raw", "--out", str(out),
+                 "--resume", "--model", "tiny-clip", "--batch-size", "6", "--samples",
+                 str(len(rows)), "--lr", "0.0005", *[x for k, v in TRAIN.items() for x in ("--set", f"train.{k}={v}")]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "train_set_version was" in err, err
 
 
 def test_training_from_an_unknown_train_set_is_one_line(pool_lake, tmp_path, capsys):

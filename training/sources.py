@@ -78,9 +78,7 @@ def export_source(info, objective: str) -> Source:
     from training.data import list_files
 
     clips = objective == "clips"
-    cols = ["uid", "image", "text", "raw_text"] + (["synthetic_text"] if clips else [])
-    if not clips:
-        cols.remove("raw_text")
+    cols = ["uid", "image", "text"] + (["raw_text", "synthetic_text"] if clips else [])
     return Source(urls=list_files(info.url), columns=cols, count_columns=["uid"],
                   pool_rows=info.pool_rows or info.rows, clips=clips)
 
