@@ -281,6 +281,11 @@ class TrainConfig:
     log_every: int = 10  # steps
     seed: int = 0
     run_name: Optional[str] = None  # None: the output folder's name
+    # Train on this train set (train_sets.name) read from the pool's own Delta files, with no
+    # export (`capmix train --train-set NAME`); None: train on `--data`.
+    train_set: Optional[str] = None
+    # Log every step's sample uids per rank to OUT/samples/rank_N.jsonl (tests, audits).
+    log_samples: bool = False
     # MLflow tracking (optional dependency): a tracking URI, or None to use $MLFLOW_TRACKING_URI.
     mlflow_uri: Optional[str] = None
     mlflow_experiment: str = "capmix"

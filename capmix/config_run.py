@@ -7,7 +7,7 @@ once, before any I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from capmix.errors import check as _check
 
@@ -98,6 +98,9 @@ class RunConfig:
     # Strategies also run intersected with the image-cluster filter (name suffix `_ic`).
     intersect_clusters: list[str] = field(default_factory=list)
     nproc: int = 1  # training ranks per strategy
+    # Where each strategy's CLIP reads its images: export (a Petastorm copy per strategy, then
+    # train on it) or pool (`capmix train --train-set`: the pool's own files, nothing copied).
+    train_from: Literal["export", "pool"] = "export"
     # Samples seen by each strategy's CLIP, the same for all (the paper: the pool size, which
     # is what None gives unless train.samples is set). A miniature needs a few epochs.
     train_samples: Optional[int] = None

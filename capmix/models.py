@@ -15,6 +15,7 @@ work starts; loading imports torch / open_clip / transformers inside the functio
 from __future__ import annotations
 
 import copy
+import os
 import functools
 import json
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from capmix.errors import ConfigError
+from capmix.errors import CapmixError, ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -189,11 +190,32 @@ def create_open_clip(arch: str, pretrained: str | None = None, device: str = "cp
                      precision: str = "fp32") -> tuple[Any, Any, Any, Any]:
     """(model, train transform, eval transform, tokenizer) for an open_clip architecture.
 
-    `pretrained` is an open_clip tag (downloads from a hub) or a local checkpoint file; None
-    builds the architecture with random weights, offline."""
+    `pretrained` is an open_clip tag (downloads from a hub), a local file (a checkpoint
+    `capmix train` wrote, or an open_clip state dict: capmix/weights.py checks and loads it), or
+    None: the architecture with random weights, offline."""
     register_model_configs()
     import open_clip
     import torch
+
+    from capmix import weights
+
+    if weights.is_local(pretrained):
+        with weights.quiet_random_init():
+            built = create_open_clip(arch, None, "cpu", "fp32")
+        try:
+            weights.load_into(built[0], pretrained, arch)
+        except CapmixError as ours:
+            if "cannot be loaded" not in str(ours) or not os.path.isfile(pretrained):
+                raise
+            # Formats only open_clip's own loader reads (OpenAI's TorchScript files, big_vision
+            # .npz): let it try; if it cannot either, our line says what was expected.
+            try:
+                return _open_clip_file(arch, pretrained, device, precision)
+            except Exception:
+                raise ours from None
+        model = built[0].to({"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            precision, torch.float32))
+        return (model.to(device), *built[1:])
 
     # Random weights must be the same in every worker (a caption may not depend on where it
     # was made): seed the build, and initialise what open_clip leaves as torch.empty (CoCa's
@@ -214,6 +236,14 @@ def create_open_clip(arch: str, pretrained: str | None = None, device: str = "cp
         if state is not None:
             torch.random.set_rng_state(state)
     return model, preprocess_train, preprocess_val, open_clip.get_tokenizer(arch)
+
+
+def _open_clip_file(arch: str, path: str, device: str, precision: str):
+    import open_clip
+
+    model, train_tf, eval_tf = open_clip.create_model_and_transforms(
+        arch, pretrained=path, device=device, precision=precision)
+    return model, train_tf, eval_tf, open_clip.get_tokenizer(arch)
 
 
 def load_captioner(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):

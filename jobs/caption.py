@@ -37,10 +37,12 @@ SETTINGS = ("model", "prompt", "temperature", "top_k", "min_length", "max_length
 def task_for(spark: "SparkSession", c: CaptionConfig) -> "CaptionTask":
     """The worker settings of this run (the prompt defaults to the registry's)."""
     from capmix.models import resolve
+    from capmix.weights import check_spec
     from udfs.caption import CaptionTask
     from udfs.runtime import threads_per_task
 
     spec = resolve(c.captioner, "captioner", c.weights, "caption.captioner")
+    check_spec(spec)  # a bad --weights file: one line here, not a failed Spark task
     return CaptionTask(
         captioner=c.captioner, weights=c.weights, prompt=c.prompt or spec.prompt,
         samples=c.samples, seed=c.seed, top_k=c.top_k, temperature=c.temperature,
@@ -199,6 +201,15 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("captioner", "weights", "name", "prompt", "samples", "top_k", "temperature",
             "min_length", "max_length", "seed", "batch_size", "chunk_rows", "device", "precision")
     return {f"caption.{k}": getattr(args, k) for k in keys}
+
+
+def check_args(cfg: Config, args: argparse.Namespace) -> None:
+    """Before the session: a --weights file that cannot be loaded is one line (exit 2)."""
+    from capmix.models import resolve
+    from capmix.weights import check_spec
+
+    c = cfg.caption
+    check_spec(resolve(c.captioner, "captioner", c.weights, "caption.captioner"))
 
 
 def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> int:

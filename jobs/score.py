@@ -36,10 +36,13 @@ if TYPE_CHECKING:
 
 
 def task_for(spark: "SparkSession", cfg: Config) -> "ScoreTask":
+    from capmix.models import resolve
+    from capmix.weights import check_spec
     from udfs.clip import ScoreTask
     from udfs.runtime import threads_per_task
 
     s = cfg.score
+    check_spec(resolve(s.scorer, "scorer", s.weights, "score.scorer"))  # bad --weights: here
     return ScoreTask(scorer=s.scorer, weights=s.weights, device=s.device,
                      precision=s.precision, batch_size=s.batch_size,
                      threads=threads_per_task(spark, s.threads))
@@ -243,6 +246,15 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_raw:
         out["score.raw"] = False
     return out
+
+
+def check_args(cfg: Config, args: argparse.Namespace) -> None:
+    """Before the session: a --weights file that cannot be loaded is one line (exit 2)."""
+    from capmix.models import resolve
+    from capmix.weights import check_spec
+
+    c = cfg.score
+    check_spec(resolve(c.scorer, "scorer", c.weights, "score.scorer"))
 
 
 def run_args(spark: "SparkSession", cfg: Config, args: argparse.Namespace) -> int:

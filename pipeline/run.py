@@ -115,15 +115,18 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
         # strategy's mix moves too): adding a strategy re-exports and re-trains no other.
         export_key = {"mix": _mix_key(lake, cfg, r), "pool": lake.version("pool"),
                       "export": cfg.export, "name": r.name}
-        if rc.wants("export"):
+        if rc.wants("export") and rc.train_from == "export":
             _marked(result, markers, f"export:{r.name}", export_key,
                     lambda r=r: _job("jobs.export").run(
                         spark, cfg, r.name, str(r.export), overwrite=True))
-        train_key = {"export": export_key, "train": cfg.train, "nproc": rc.nproc}
+        train_key = {"export": export_key, "train": cfg.train, "nproc": rc.nproc,
+                     **({"from": "pool"} if rc.train_from == "pool" else {})}
         if rc.wants("train"):
+            # From the pool, the trainer reads the train set's images where they are.
+            data = None if rc.train_from == "pool" else r.export
             _marked(result, markers, f"train:{r.name}", train_key,
-                    lambda r=r, k=train_key: _train(cfg, r.export, r.out, r.name, k,
-                                                    rc.nproc))
+                    lambda r=r, k=train_key, d=data: _train(cfg, d, r.out, r.name, k,
+                                                            rc.nproc))
         if rc.wants("eval"):
             for task, data in (("classification", rc.classification),
                                ("retrieval", rc.retrieval)):
@@ -246,8 +249,10 @@ def _mix(spark: "SparkSession", cfg: Config, r: StrategyRun):
                name=r.name)
 
 
-def _train(cfg: Config, data: Path, out: Path, name: str, key: dict, nproc: int) -> None:
-    """One torchrun training; resumes when `out` was started with the same inputs."""
+def _train(cfg: Config, data: Optional[Path], out: Path, name: str, key: dict,
+           nproc: int) -> None:
+    """One torchrun training (on export `data`, or None: train set `name` in the pool);
+    resumes when `out` was started with the same inputs."""
     from capmix.cli import common_parser
     from training import launch
 
@@ -256,7 +261,9 @@ def _train(cfg: Config, data: Path, out: Path, name: str, key: dict, nproc: int)
         shutil.rmtree(out)  # trained on other inputs: its checkpoints are not this run's
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / KEY_FILE, _plain(key))
-    argv = ["--data", str(data), "--out", str(out), "--nproc", str(nproc)]
+    source = ["--data", str(data)] if data is not None else [
+        "--train-set", name, "--lake", cfg.lake.path]
+    argv = [*source, "--out", str(out), "--nproc", str(nproc)]
     argv += ["--config", cfg.source] if cfg.source else []
     argv += [a for k, v in _dotted("train", asdict(cfg.train)) for a in ("--set", f"{k}={v}")]
     argv += ["--set", f"train.run_name={name}"] + (["--resume"] if resume else [])

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-FORMAT = "capmix-clip-checkpoint-v1"
+from capmix.weights import CHECKPOINT_FORMAT as FORMAT  # capmix reads it too (--weights)
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
@@ -54,6 +54,14 @@ def resolve(path: str | os.PathLike) -> Path:
             return found
     raise InputError(f"no checkpoint at {path} (expected a .pt file or a training output "
                      "folder with checkpoints/step_*.pt)")
+
+
+def remove_all(out: str | os.PathLike) -> int:
+    """Delete every checkpoint under OUT (`--restart`); returns how many."""
+    found = list_checkpoints(out)
+    for _, path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
 
 
 def save(out: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 0) -> Path:
@@ -95,7 +103,8 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
         raise InputError(f"cannot load checkpoint {path}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise InputError(f"{path} is not a capmix checkpoint")
+        raise InputError(f"{path} is not a capmix checkpoint (expected a step_*.pt file "
+                         "written by `capmix train`, or its run folder)")
     return state
 
 

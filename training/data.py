@@ -1,13 +1,11 @@
-"""The trainer's input: an export (plain parquet, see jobs/export.py) read with petastorm.
+"""The trainer's input: what a dataset holds (footers only), how an image and a caption become
+model input, and `batches`, a rank's stream (training/loader.py; sources in training/sources.py).
 
-Each rank reads its own shard of row groups (`cur_shard`/`shard_count`, one shard seed shared by
-all ranks so the shards are disjoint) for as many epochs as the step budget needs. Decoding,
-augmentation and tokenisation run in petastorm's loader workers through a TransformSpec, on a
-whole row group at a time; the workers hand over uint8 image arrays (a quarter of float32's
-bytes), which the trainer normalises on its device.
-
-Why `make_batch_reader` (not `make_reader`): the export is plain parquet with the original image
-bytes, which `make_reader` cannot read without a Unischema written by `materialize_dataset`.
+An export is plain parquet (jobs/export.py); the pool path reads the pool's Delta files in place
+(training/sources.py). Both are read with petastorm's `make_batch_reader`. Why not `make_reader`:
+the files hold the original image bytes in plain parquet, which `make_reader` cannot read without
+a Unischema written by `materialize_dataset`. Workers hand over uint8 image arrays (a quarter of
+float32's bytes), which the trainer normalises on its device.
 """
 from __future__ import annotations
 
@@ -17,11 +15,9 @@ import math
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
-
-from training.clips import caption_labels, fragment_ids, wrap_ids
 
 # Written by jobs/export.py (which this package may not import): keep the two names in step.
 METADATA_FILE = "_capmix_export.json"
@@ -52,6 +48,20 @@ def dataset_url(path: str) -> str:
     if "://" in path:
         return path
     return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+def list_files(url: str) -> list[str]:
+    """The dataset's parquet data files as URLs, sorted (a file URL: that file)."""
+    from pyarrow import fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(url)
+    if filesystem.get_file_info(root).type == pafs.FileType.File:
+        return [url]
+    selector = pafs.FileSelector(root, recursive=True)
+    prefix = url[:len(url) - len(root)] if url.endswith(root) else "file://"
+    return sorted(prefix + i.path for i in filesystem.get_file_info(selector) if i.is_file
+                  and i.path.endswith(".parquet")
+                  and not os.path.basename(i.path).startswith(("_", ".")))
 
 
 def read_export(path: str) -> ExportInfo:
@@ -199,75 +209,6 @@ class SampleSpec:
             return ["image", "raw_text", "synthetic_text"]
         return ["image", "text"]
 
-    def output_fields(self) -> list[tuple]:
-        from petastorm.transform import edit_field
-
-        fields = [edit_field("image", np.uint8, (3, self.image_size, self.image_size))]
-        names = ["raw", "fragment"] if self.objective == "clips" else ["text"]
-        fields += [edit_field(n, np.int64, (self.context_length,)) for n in names]
-        if self.objective == "clips":
-            fields.append(edit_field("labels", np.int64, (self.decoder_length,)))
-        return fields
-
-
-class RowTransform:
-    """The TransformSpec function: a row group (pandas) -> decoded, augmented, tokenised."""
-
-    def __init__(self, spec: SampleSpec, seed: int):
-        self.spec, self.seed = spec, seed
-        self._local = threading.local()
-        self._streams = 0
-        self._lock = threading.Lock()
-
-    def __getstate__(self):
-        return {"spec": self.spec, "seed": self.seed}
-
-    def __setstate__(self, state):
-        self.__init__(state["spec"], state["seed"])
-
-    def _rng(self) -> np.random.Generator:
-        rng = getattr(self._local, "rng", None)
-        if rng is None:
-            with self._lock:
-                self._streams += 1
-                stream = self._streams
-            # Distinct per worker thread and process, reproducible from the seed.
-            rng = np.random.default_rng([self.seed, os.getpid(), stream])
-            self._local.rng = rng
-        return rng
-
-    def __call__(self, df):
-        import pandas as pd
-
-        spec, rng = self.spec, self._rng()
-        crop_rng = rng if spec.augment else None
-        out = {"image": [load_image(b, spec.image_size, crop_rng) for b in df["image"]]}
-        codec = TextCodec(get_tokenizer(spec.arch))
-        ctx = spec.context_length
-        if spec.objective == "clips":
-            raw = [r or "" for r in df["raw_text"]]
-            # No synthetic caption: CLIPS falls back to the raw (web) caption.
-            syn = [s if isinstance(s, str) and s else r for s, r in zip(df["synthetic_text"], raw)]
-            out["raw"] = [wrap_ids(codec.encode(r), ctx, codec.sot, codec.eot) for r in raw]
-            out["fragment"] = [wrap_ids(fragment_ids(s, spec.fragment, spec.fragment_tokens,
-                                                     codec.encode, rng, fallback=r),
-                                        ctx, codec.sot, codec.eot) for s, r in zip(syn, raw)]
-            out["labels"] = [caption_labels(codec.encode(s), spec.decoder_length, codec.eot)
-                             for s in syn]
-        else:
-            out["text"] = [wrap_ids(codec.encode(t or ""), ctx, codec.sot, codec.eot)
-                           for t in df["text"]]
-        return pd.DataFrame(out)
-
-
-def transform_spec(spec: SampleSpec, seed: int):
-    from petastorm import TransformSpec
-
-    outputs = [f[0] for f in spec.output_fields()]
-    removed = [c for c in spec.input_columns() if c not in outputs]
-    return TransformSpec(RowTransform(spec, seed), edit_fields=spec.output_fields(),
-                         removed_fields=removed)
-
 
 @dataclass(frozen=True)
 class LoaderOptions:
@@ -278,9 +219,7 @@ class LoaderOptions:
     workers: int = 4
     pool: str = "thread"
     shuffle_buffer: int = 1024
-    # None: endless (the trainer counts steps). A finite count with the thread pool can end
-    # early in petastorm 0.13.1 (its ThreadPool checks "all workers done" and "ventilation
-    # complete" non-atomically), so the trainer never uses one.
+    # None: endless (the trainer counts steps).
     epochs: Optional[int] = None
 
 
@@ -293,27 +232,20 @@ def check_export(info: ExportInfo, objective: str, world: int) -> None:
     if missing:
         hint = " (export it with --clips)" if objective == "clips" else ""
         raise InputError(f"{info.url}: missing column(s) {', '.join(missing)}{hint}")
-    if info.row_groups < world:
-        raise InputError(f"{info.url}: {info.row_groups} row group(s) for {world} ranks; "
-                         "every rank needs one (re-export with a larger --min-files)")
+    if info.files < world:
+        raise InputError(f"{info.url}: {info.files} file(s) for {world} ranks; every rank "
+                         f"reads its own files (re-export with --min-files {world})")
 
 
-def batches(info: ExportInfo, spec: SampleSpec, opts: LoaderOptions) -> Iterator[dict]:
-    """Endless (or `epochs`) batches of this rank's shard, as dicts of tensors."""
-    from petastorm import make_batch_reader
-    from petastorm.pytorch import BatchedDataLoader
+def batches(source, spec: SampleSpec, opts: LoaderOptions, start: int = 0):
+    """This rank's batches (training.loader.Batches) from sample `start` of its stream: an
+    export (ExportInfo) or a source (training.sources)."""
+    from training.loader import Batches
+    from training.sources import Source, export_source
 
-    check_export(info, spec.objective, opts.world)
-    reader = make_batch_reader(
-        info.url, schema_fields=spec.input_columns(), reader_pool_type=opts.pool,
-        workers_count=opts.workers, results_queue_size=max(2, opts.workers),
-        seed=opts.seed, shuffle_rows=True, shuffle_row_groups=True, num_epochs=opts.epochs,
-        cur_shard=opts.rank if opts.world > 1 else None,
-        shard_count=opts.world if opts.world > 1 else None,
-        transform_spec=transform_spec(spec, opts.seed * 1000 + opts.rank))
-    loader = BatchedDataLoader(reader, batch_size=opts.batch_size,
-                               shuffling_queue_capacity=opts.shuffle_buffer)
-    with loader:
-        for batch in loader:
-            if batch["image"].shape[0] == opts.batch_size:  # the last one may be short
-                yield batch
+    if not isinstance(source, Source):
+        check_export(source, spec.objective, opts.world)
+        source = export_source(source, spec.objective)
+    return Batches(source, spec, opts.batch_size, rank=opts.rank, world=opts.world,
+                   seed=opts.seed, workers=opts.workers, pool=opts.pool,
+                   shuffle_buffer=opts.shuffle_buffer, start=start, epochs=opts.epochs)

@@ -59,7 +59,10 @@ def load_model(checkpoint: str, device: str = "cpu") -> LoadedModel:
     path = ckpt.resolve(checkpoint)
     state = ckpt.load(path)
     arch = state["arch"]
-    clip = create_open_clip(arch)[0]
+    from capmix.weights import quiet_random_init
+
+    with quiet_random_init():  # built only to receive the checkpoint's weights
+        clip = create_open_clip(arch)[0]
     clip.load_state_dict(state["model"])
     pre = state["preprocess"]
     return LoadedModel(clip.to(device).eval(), get_tokenizer(arch), int(pre["size"]),

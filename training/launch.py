@@ -2,6 +2,7 @@
 
     capmix train --data exports/mix50 --model ViT-B-32 --nproc 8 --out runs/mix50
     capmix train --data exports/mix50_clips --objective clips --nproc 8 --out runs/clips --resume
+    capmix train --lake lake --train-set mix50 --model ViT-B-32 --nproc 8 --out runs/mix50
 
 The configuration is validated here first (one clear error, nothing started), the peak memory
 of a rank is estimated and checked against the machine's (training/memory.py), then every
@@ -47,12 +48,24 @@ def check_args(cfg: Config, args: argparse.Namespace) -> None:
     world = args.nproc * args.nnodes
     if cfg.train.batch_size % world:
         raise InputError(f"global batch {cfg.train.batch_size} is not divisible by {world} ranks")
-    from training.data import read_export
+    # What the ranks would each refuse is refused here, once, before any rank starts.
+    source = train.open_source(cfg, args.data, world)
+    if args.resume and not args.restart:
+        check_resume_here(cfg, args, source, world)
 
-    info = read_export(args.data)  # footers only: fails fast on a wrong path
-    if info.row_groups < world:
-        raise InputError(f"{args.data}: {info.row_groups} row group(s) for {world} ranks "
-                         "(re-export with a larger --min-files)")
+
+def check_resume_here(cfg: Config, args: argparse.Namespace, source, world: int) -> None:
+    """The resume comparison of training/resume.py, before launching (one line, exit 2)."""
+    from training import checkpoint as ckpt
+    from training.resume import check_resume, run_settings, saved_settings
+
+    latest = ckpt.latest(args.out)
+    if latest is None:
+        return
+    samples = cfg.train.samples or source.pool_rows
+    data = os.path.abspath(args.data) if args.data and "://" not in args.data else args.data
+    now = run_settings(cfg.train, samples, world, data, source.train_set, source.digest)
+    check_resume(saved_settings(ckpt.load(latest)), now, str(latest))
 
 
 def torchrun_command(cfg: Config, args: argparse.Namespace) -> list[str]:
@@ -65,13 +78,19 @@ def torchrun_command(cfg: Config, args: argparse.Namespace) -> list[str]:
             cmd += ["--node-rank", str(args.node_rank)]
     else:
         cmd += ["--standalone"]
-    cmd += ["-m", "training.train", "--data", args.data, "--out", args.out]
+    cmd += ["-m", "training.train", "--out", args.out]
+    if args.data:
+        cmd += ["--data", args.data]
+    if args.lake:
+        cmd += ["--set", f"lake.path={args.lake}"]
     if args.config:
         cmd += ["--config", args.config]
     for key, value in settings(args).items():
         cmd += ["--set", f"{key}={_yaml_scalar(value)}"]
     if args.resume:
         cmd.append("--resume")
+    if args.restart:
+        cmd.append("--restart")
     if args.verbose:
         cmd.append("-v")
     return cmd

@@ -8,7 +8,9 @@ seen: `train.samples`, else the candidate pool's size recorded by the export, sp
 ceil(samples / global batch) steps; each rank reads endless epochs of its own shard, so ranks
 never run out of data at different times. Checkpoints every `checkpoint_every` steps and at the
 end; `--resume` restores the latest and continues at its step (samples seen = step x global
-batch), reading the data in a fresh shuffled order.
+batch) with exactly the samples, order and crops an uninterrupted run would have had there
+(training/loader.py), after checking the run's settings against the checkpoint's
+(training/resume.py). `--train-set NAME` trains from the pool's own files (training/sources.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,11 +31,17 @@ from capmix.errors import CapmixError, InputError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `torchrun -m training.train` and `capmix train`."""
-    parser.add_argument("--data", required=True, metavar="PATH", help="an export (parquet)")
+    parser.add_argument("--data", metavar="PATH", help="an export (parquet)")
+    parser.add_argument("--train-set", metavar="NAME",
+                        help="train on this train set, reading the pool's own Delta files in "
+                             "--lake (no export); instead of --data")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: checkpoints/, log.jsonl, train_config.json")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --out")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over at step 0 in --out, removing its checkpoints, even if "
+                             "they were trained with other settings")
     parser.add_argument("--model", help="open_clip architecture or registry name (ViT-B-32)")
     parser.add_argument("--objective", choices=["clip", "clips", "coca"],
                         help="clip; clips (fragments + decoder); coca (a CoCa captioner)")
@@ -55,7 +64,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             "train.lr": args.lr, "train.warmup": args.warmup, "train.workers": args.workers,
             "train.checkpoint_every": args.checkpoint_every, "train.clips.fragment": args.fragment,
             "train.clips.fragment_tokens": args.fragment_tokens, "train.seed": args.seed,
-            "train.run_name": args.run_name}
+            "train.run_name": args.run_name, "train.train_set": args.train_set}
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -114,27 +123,66 @@ def param_groups(module) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay}]
 
 
-def run(cfg: Config, data: str, out: str, resume: bool = False) -> dict[str, Any]:
+def open_source(cfg: Config, data: Optional[str], world: int):
+    """The rows to train on: an export (`data`), or the train set `train.train_set` read from
+    the pool's own files in the lake. Checks what the objective and the ranks need."""
+    from training.data import check_export, read_export
+    from training.sources import export_source, pool_source
+
+    tcfg = cfg.train
+    if bool(data) == bool(tcfg.train_set):
+        raise InputError("give either --data (an export) or --train-set (a train set in the "
+                         "lake), not both" if data else "give --data EXPORT or --train-set NAME")
+    if data:
+        info = read_export(data)
+        check_export(info, tcfg.objective, world)
+        return export_source(info, tcfg.objective)
+    source = pool_source(cfg.lake.path, cfg.lake.tables, tcfg.train_set, tcfg.objective,
+                         cfg.export.captioner)
+    if len(source.urls) < world:
+        raise InputError(f"pool has {len(source.urls)} file(s) for {world} ranks: every rank "
+                         "reads its own files (use fewer ranks, or capmix export --min-files)")
+    return source
+
+
+def run(cfg: Config, data: Optional[str], out: str, resume: bool = False,
+        restart: bool = False) -> dict[str, Any]:
     """Train on this process's rank (torchrun sets RANK/WORLD_SIZE; alone: one process)."""
     from training import checkpoint as ckpt
-    from training.data import LoaderOptions, batches, check_export, read_export
+    from training.data import LoaderOptions, batches
+    from training.resume import check_resume, run_settings, saved_settings
     from training.tracking import Tracker, check_mlflow, mlflow_uri
 
     tcfg = cfg.train
     check_mlflow(tcfg.mlflow_uri)
-    info = read_export(data)
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    source = open_source(cfg, data, world_env)
     ctx = init_dist(tcfg)
-    check_export(info, tcfg.objective, ctx.world)
     if tcfg.batch_size % ctx.world:
         raise InputError(f"global batch {tcfg.batch_size} is not divisible by {ctx.world} ranks")
-    samples = tcfg.samples or info.pool_rows or info.rows
+    samples = tcfg.samples or source.pool_rows
     steps = plan_steps(samples, tcfg.batch_size)
+    settings = run_settings(tcfg, samples, ctx.world,
+                            os.path.abspath(data) if data and "://" not in data else data,
+                            source.train_set, source.digest)
+    if restart:
+        _barrier(ctx)  # every rank has looked at --out before rank 0 clears it
+        if ctx.main:
+            ckpt.remove_all(out)
+            shutil.rmtree(Path(out) / "samples", ignore_errors=True)
+        _barrier(ctx)
     module, optimizer, pre, context = _model(tcfg, ctx)
-    latest = ckpt.latest(out) if resume else None
-    start = _restore(ckpt.load(latest), tcfg, module, optimizer) if latest else 0
+    latest = ckpt.latest(out) if resume and not restart else None
+    start = 0
+    if latest:
+        state = ckpt.load(latest)
+        check_resume(saved_settings(state), settings, str(latest))
+        start = _restore(state, tcfg, module, optimizer)
     run_name = tcfg.run_name or Path(out).resolve().name
-    meta = {"arch": _arch(tcfg), "run_name": run_name, "data": data, "world_size": ctx.world,
-            "context_length": context, "steps": steps, "samples": samples,
+    meta = {"arch": _arch(tcfg), "run_name": run_name, "data": data,
+            "train_set": source.train_set, "train_set_version": source.version,
+            "world_size": ctx.world, "context_length": context, "steps": steps,
+            "samples": samples, "settings": settings,
             "preprocess": {"size": pre.size, "mean": list(pre.mean), "std": list(pre.std)},
             "config": asdict(tcfg)}
     tracker = Tracker(Path(out), ctx.main, steps, start, meta,
@@ -148,21 +196,41 @@ def run(cfg: Config, data: str, out: str, resume: bool = False) -> dict[str, Any
                    steps=steps, samples=samples, global_batch=tcfg.batch_size,
                    world_size=ctx.world, resumed_from=str(latest) if latest else None,
                    device=str(ctx.device), objective=tcfg.objective,
+                   source=source.kind, train_set=source.train_set,
                    estimated_peak_mb=round(peak.total / 2**20), params=peak.params)
     if start < steps:
-        stream = batches(info, _sample_spec(tcfg, pre.size, context), LoaderOptions(
-            batch_size=tcfg.batch_size // ctx.world, rank=ctx.rank, world=ctx.world,
-            # The same seed on every rank (it fixes the shard split); a new one per resume.
-            seed=tcfg.seed + start, workers=tcfg.workers, pool=tcfg.reader_pool,
-            shuffle_buffer=tcfg.shuffle_buffer))
+        per_rank = tcfg.batch_size // ctx.world
+        # One seed for every rank and every resume: the order is a function of (seed, rank,
+        # sample), so step k's batch is the same whether or not the run stopped before it.
+        stream = batches(source, _sample_spec(tcfg, pre.size, context), LoaderOptions(
+            batch_size=per_rank, rank=ctx.rank, world=ctx.world, seed=tcfg.seed,
+            workers=tcfg.workers, pool=tcfg.reader_pool, shuffle_buffer=tcfg.shuffle_buffer),
+            start=start * per_rank)
+        samples_log = _samples_log(out, ctx.rank) if tcfg.log_samples else None
         try:
             _loop(tcfg, ctx, _ddp(module, ctx), module, optimizer, stream, tracker, start,
-                  steps, out, meta)
+                  steps, out, meta, samples_log)
         finally:
             stream.close()
+            if samples_log is not None:
+                samples_log.close()
     done = max(start, steps)
     tracker.close(step=done, samples_seen=done * tcfg.batch_size)
     return {"step": done, "steps": steps, "samples_seen": done * tcfg.batch_size}
+
+
+def _barrier(ctx: Dist) -> None:
+    if ctx.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _samples_log(out: str, rank: int):
+    """OUT/samples/rank_N.jsonl: {"step", "uids"} per step (appended: a resume continues it)."""
+    folder = Path(out) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    return open(folder / f"rank_{rank}.jsonl", "a", encoding="utf-8")
 
 
 def _model(tcfg: TrainConfig, ctx: Dist):
@@ -205,12 +273,7 @@ def _arch(tcfg: TrainConfig) -> str:
 
 
 def _restore(state: dict, tcfg: TrainConfig, module, optimizer) -> int:
-    saved = state["config"]
-    for key in ("batch_size", "objective", "model"):
-        if saved.get(key) != getattr(tcfg, key):
-            raise InputError(f"cannot resume: the checkpoint was trained with {key}="
-                             f"{saved.get(key)!r}, this run asks for {getattr(tcfg, key)!r} "
-                             "(samples-seen accounting would break); use a new --out")
+    saved = state["config"]  # the settings were compared before (training/resume.py)
     module.clip.load_state_dict(state["model"])
     if module.decoder is not None:
         _check_decoder(saved.get("clips") or {}, module.decoder)
@@ -233,7 +296,7 @@ def _check_decoder(saved: dict, decoder) -> None:
 
 
 def _loop(tcfg: TrainConfig, ctx: Dist, wrapped, module, optimizer, stream, tracker,
-          start: int, steps: int, out: str, meta: dict) -> None:
+          start: int, steps: int, out: str, meta: dict, samples_log=None) -> None:
     import torch
 
     from training import checkpoint as ckpt
@@ -246,7 +309,12 @@ def _loop(tcfg: TrainConfig, ctx: Dist, wrapped, module, optimizer, stream, trac
         lr = lr_at(step, tcfg.lr, tcfg.warmup, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in next(stream).items()}
+        batch = next(stream)
+        uids, _ = batch.pop("uid"), batch.pop("index")
+        if samples_log is not None:
+            samples_log.write(json.dumps({"step": step + 1, "uids": uids}) + "\n")
+            samples_log.flush()
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             parts = losses(wrapped(batch), batch)
         optimizer.zero_grad(set_to_none=True)
@@ -350,8 +418,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         sets = dict(parse_override(s) for s in args.settings)
         sets.update({k: v for k, v in overrides(args).items() if v is not None})
+        if args.lake:
+            sets["lake.path"] = args.lake
         cfg = load_config(args.config, sets)
-        run(cfg, args.data, args.out, resume=args.resume)
+        run(cfg, args.data, args.out, resume=args.resume, restart=args.restart)
         return 0
     except CapmixError as exc:
         if int(os.environ.get("RANK", "0")) == 0:
