@@ -330,7 +330,7 @@ def test_queries_are_not_strategies():
 def test_the_wheel_ships_the_queries(tmp_path):
     src = tmp_path / "src"
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("capmix", "jobs", "udfs", "training", "sql", "conf"):
+    for name in ("capmix", "jobs", "udfs", "training", "pipeline", "sql", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=skip)
     shutil.copy(REPO / "setup.py", src / "setup.py")
     done = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib",
