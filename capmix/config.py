@@ -218,7 +218,8 @@ class ExportConfig:
 class ClipsConfig:
     """CLIPS (clips-notes.md): fragment of the synthetic caption + captioning decoder."""
 
-    fragment: Literal["sub-caption", "block", "truncation", "random"] = "sub-caption"
+    # full: the whole synthetic caption, the baseline CLIPS's fragments are compared with.
+    fragment: Literal["sub-caption", "block", "truncation", "random", "full"] = "sub-caption"
     # Tokens the text encoder sees of the synthetic caption (the notes' ablation peaks at 32).
     fragment_tokens: int = 32
     # Learnable queries = predicted tokens of the full synthetic caption (128 in CLIPS).
@@ -339,9 +340,16 @@ class EvalConfig:
     text_column: str = "text"
     # Rows evaluated at most (None: all).
     limit: Optional[int] = None
+    # Retrieval within consecutive galleries of this many images, recalls averaged over every
+    # query (chance R@k = k / gallery); None: one gallery of the whole set. Captions that
+    # describe a class and a few visual attributes fit many images of a large gallery, so its
+    # R@1 sits near its floor and cannot tell models apart.
+    retrieval_gallery: Optional[int] = None
 
     def validate(self, key: str) -> None:
         _check(self.batch_size > 0, f"{key}.batch_size", "must be positive")
+        _check(self.retrieval_gallery is None or self.retrieval_gallery >= 2,
+               f"{key}.retrieval_gallery", "must be >= 2")
         _check(bool(self.templates.strip()), f"{key}.templates", "must not be empty")
         _check(self.limit is None or self.limit > 0, f"{key}.limit", "must be positive")
 

@@ -54,9 +54,12 @@ class DemoConfig:
     curated_size: int = 8_000
     # Share of the pool's raw captions that describe their image; the rest is Figure-1 noise.
     descriptive_share: float = 0.3
-    # From the 10,000 test photos: zero-shot classification, and a captioned retrieval split.
-    classification_size: int = 2_000
-    retrieval_size: int = 1_000
+    # Zero-shot classification: test photos (all 10,000 of the test split by default, so a
+    # 2-SE difference is ~0.013). Retrieval: captioned photos held out of the training split
+    # (disjoint from pool and curated), ranked within galleries of `retrieval_gallery` images.
+    classification_size: int = 10_000
+    retrieval_size: int = 5_000
+    retrieval_gallery: int = 100
     # Curated images the cluster filter keeps clusters near (the paper: ImageNet-1k train).
     reference_size: int = 500
     shard_size: int = 1_000
@@ -68,11 +71,12 @@ class DemoConfig:
         for name in ("pool_size", "curated_size", "classification_size", "retrieval_size",
                      "reference_size", "shard_size"):
             _check(getattr(self, name) > 0, f"{key}.{name}", "must be positive")
-        _check(self.pool_size + self.curated_size <= 60_000, f"{key}.curated_size",
-               "pool_size + curated_size must be <= 60000 (Fashion-MNIST's training photos)")
-        _check(self.classification_size + self.retrieval_size <= 10_000,
-               f"{key}.retrieval_size",
-               "classification_size + retrieval_size must be <= 10000 (its test photos)")
+        _check(self.pool_size + self.curated_size + self.retrieval_size <= 60_000,
+               f"{key}.retrieval_size", "pool_size + curated_size + retrieval_size must be "
+               "<= 60000 (Fashion-MNIST's training photos)")
+        _check(self.classification_size <= 10_000, f"{key}.classification_size",
+               "must be <= 10000 (Fashion-MNIST's test photos)")
+        _check(self.retrieval_gallery >= 2, f"{key}.retrieval_gallery", "must be >= 2")
         _check(self.reference_size <= self.curated_size, f"{key}.reference_size",
                "must be <= curated_size")
         _check(0 <= self.descriptive_share <= 1, f"{key}.descriptive_share",
@@ -98,9 +102,19 @@ class RunConfig:
     # Strategies also run intersected with the image-cluster filter (name suffix `_ic`).
     intersect_clusters: list[str] = field(default_factory=list)
     nproc: int = 1  # training ranks per strategy
-    # Where each strategy's CLIP reads its images: export (a Petastorm copy per strategy, then
-    # train on it) or pool (`capmix train --train-set`: the pool's own files, nothing copied).
-    train_from: Literal["export", "pool"] = "export"
+    # Trainings per model, seeds train.seed + 0..N-1: the report gives mean ± SD over seeds and
+    # compares seed-paired means, with a standard error that holds training noise too.
+    seeds: int = 1
+    # CLIPS beside the CLIPs: one CLIPS (train.clips as configured) on `clips_on`'s train set,
+    # i.e. its images with their raw captions and the captioner's synthetic ones, and with
+    # `clips_full` a second one whose text encoder sees the full synthetic caption (the CLIPS
+    # paper's fragment ablation). Same model, hyper-parameters and budget as every CLIP.
+    clips: bool = True
+    clips_full: bool = True
+    clips_on: str = "synthetic"
+    # Where each model reads its images: pool (`capmix train --train-set`: the pool's own
+    # files, nothing copied; the default) or export (a Petastorm copy per train set first).
+    train_from: Literal["export", "pool"] = "pool"
     # Samples seen by each strategy's CLIP, the same for all (the paper: the pool size, which
     # is what None gives unless train.samples is set). A miniature needs a few epochs.
     train_samples: Optional[int] = None
@@ -122,6 +136,10 @@ class RunConfig:
                        f"unknown strategy {name!r}; strategies: {', '.join(known)}")
         _check(0 < self.percent <= 100, f"{key}.percent", "must be in (0, 100]")
         _check(self.nproc > 0, f"{key}.nproc", "must be positive")
+        _check(self.seeds > 0, f"{key}.seeds", "must be positive")
+        _check(not self.clips or self.clips_on in self.strategies, f"{key}.clips_on",
+               f"{self.clips_on!r} is not among run.strategies (CLIPS trains on that train "
+               "set); add it there or set run.clips=false")
         _check(self.train_samples is None or self.train_samples > 0, f"{key}.train_samples",
                "must be positive")
 

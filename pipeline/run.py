@@ -53,11 +53,22 @@ class Markers:
 
 @dataclass
 class StrategyRun:
-    strategy: str
+    """One row of the report: a train set and the model trained on it (once per seed)."""
+
+    strategy: str  # a mixing strategy, or clips / clips_full (a CLIPS on `clips_on`'s set)
     intersect: bool
-    name: str  # the train set, export, training run and eval run name
+    name: str  # the row's name: its training runs and eval runs (seed 0; then NAME_seedS)
+    train_set: str  # the train set (and export) it reads
     export: Path
-    out: Path
+    out: Path  # seed 0's training folder
+    objective: str = "clip"
+    fragment: Optional[str] = None  # CLIPS: train.clips.fragment for this row
+
+    def seed_name(self, seed: int) -> str:
+        return self.name if seed == 0 else f"{self.name}_seed{seed}"
+
+    def seed_out(self, seed: int) -> Path:
+        return self.out.with_name(self.seed_name(seed))
 
 
 @dataclass
@@ -66,6 +77,9 @@ class PipelineResult:
     skipped: list[str] = field(default_factory=list)    # stages found complete
     report: Optional[str] = None
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of the stages that ran
+    # Where those accumulate across runs (a re-run that skips a stage keeps its last time).
+    timings_path: Optional[Path] = None
 
     def line(self) -> str:
         return (f"capmix run: {len(self.stages)} stage step(s) run, {len(self.skipped)} "
@@ -80,7 +94,7 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
     work = Path(rc.workdir)
     work.mkdir(parents=True, exist_ok=True)
     markers = Markers(work / "stages.json")
-    result = PipelineResult()
+    result = PipelineResult(timings_path=work / TIMINGS_FILE)
     cfg = _prepare(cfg, work, result) if rc.demo is not None else _check_real(cfg)
     if rc.demo is not None:
         cfg = _pretrain(cfg, work, result)
@@ -102,7 +116,7 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
             "image_embeddings": lake.version("image_embeddings"), "cluster": cfg.cluster},
             lambda: _job("jobs.cluster").run(spark, cfg))
     if rc.wants("mix"):
-        for r in runs:
+        for r in (r for r in runs if r.objective == "clip"):
             _marked(result, markers, f"mix:{r.name}", _mix_key(lake, cfg, r),
                     lambda r=r: _mix(spark, cfg, r))
     if rc.wants("stats"):
@@ -110,41 +124,66 @@ def run(spark: "SparkSession", cfg: Config) -> PipelineResult:
             "pool", "captions", "scores", "train_sets")} | {"stats": cfg.stats},
             lambda: _job("jobs.stats").run(
                 spark, cfg, report_dir=str(Path(rc.report_dir) / "captions")))
+    exported: set[str] = set()
     for r in runs:
         # What this train set was made from (not train_sets' version, which every other
         # strategy's mix moves too): adding a strategy re-exports and re-trains no other.
-        export_key = {"mix": _mix_key(lake, cfg, r), "pool": lake.version("pool"),
-                      "export": cfg.export, "name": r.name}
-        if rc.wants("export") and rc.train_from == "export":
-            _marked(result, markers, f"export:{r.name}", export_key,
-                    lambda r=r: _job("jobs.export").run(
-                        spark, cfg, r.name, str(r.export), overwrite=True))
-        train_key = {"export": export_key, "train": cfg.train, "nproc": rc.nproc,
-                     **({"from": "pool"} if rc.train_from == "pool" else {})}
-        if rc.wants("train"):
-            # From the pool, the trainer reads the train set's images where they are.
-            data = None if rc.train_from == "pool" else r.export
-            _marked(result, markers, f"train:{r.name}", train_key,
-                    lambda r=r, k=train_key, d=data: _train(cfg, d, r.out, r.name, k,
-                                                            rc.nproc))
-        if rc.wants("eval"):
-            for task, data in (("classification", rc.classification),
-                               ("retrieval", rc.retrieval)):
-                if data:
-                    _marked(result, markers, f"eval:{task}:{r.name}",
-                            {"train": train_key, "eval": cfg.eval, "data": data},
-                            lambda r=r, t=task, d=data: _job("training.eval_job").run(
-                                spark, cfg, str(r.out), t, d, dataset=_dataset(t, cfg),
-                                run_name=r.name))
+        export_key = {"mix": _mix_key(lake, cfg, _by_set(runs, r.train_set)),
+                      "pool": lake.version("pool"), "export": cfg.export, "name": r.train_set,
+                      **({"clips": True} if r.objective == "clips" else {})}
+        if (rc.wants("export") and rc.train_from == "export"
+                and str(r.export) not in exported):
+            exported.add(str(r.export))
+            ecfg = replace(cfg, export=replace(cfg.export, clips=r.objective == "clips"))
+            _marked(result, markers, f"export:{r.export.name}", export_key,
+                    lambda r=r, c=ecfg: _job("jobs.export").run(
+                        spark, c, r.train_set, str(r.export), overwrite=True))
+        for seed in range(rc.seeds):
+            _train_and_eval(spark, cfg, result, markers, r, seed, export_key)
     if rc.wants("report"):
-        from pipeline.report import write_index
+        from pipeline.report import Row, write_index
 
-        result.report = str(write_index(spark, cfg, [(r.name, r.strategy, r.intersect)
-                                                     for r in runs]))
+        result.report = str(write_index(spark, cfg, [
+            Row(r.name, r.strategy, r.intersect, tuple(r.seed_name(s) for s in range(rc.seeds)),
+                r.train_set) for r in runs], timings=_read_timings(work)))
         result.stages.append("report")
     result.seconds = time.monotonic() - started
     log.info(result.line())
     return result
+
+
+def _train_and_eval(spark: "SparkSession", cfg: Config, result: PipelineResult,
+                    markers: Markers, r: StrategyRun, seed: int, export_key: dict) -> None:
+    """One seed of one row: train its model (resuming when its inputs are unchanged), then
+    evaluate it on each task the run has data for."""
+    rc = cfg.run
+    name, out = r.seed_name(seed), r.seed_out(seed)
+    tcfg = replace(cfg.train, seed=cfg.train.seed + seed, objective=r.objective)
+    if r.fragment is not None:
+        tcfg = replace(tcfg, clips=replace(tcfg.clips, fragment=r.fragment))
+    tcfg_run = replace(cfg, train=tcfg)
+    train_key = {"export": export_key, "train": tcfg, "nproc": rc.nproc,
+                 **({"from": "pool"} if rc.train_from == "pool" else {})}
+    if rc.wants("train"):
+        # From the pool, the trainer reads the train set's images where they are.
+        data = None if rc.train_from == "pool" else r.export
+        _marked(result, markers, f"train:{name}", train_key,
+                lambda: _train(tcfg_run, data, out, name, train_key, rc.nproc,
+                               train_set=r.train_set))
+    if rc.wants("eval"):
+        for task, data in (("classification", rc.classification),
+                           ("retrieval", rc.retrieval)):
+            if data:
+                _marked(result, markers, f"eval:{task}:{name}",
+                        {"train": train_key, "eval": cfg.eval, "data": data},
+                        lambda t=task, d=data: _job("training.eval_job").run(
+                            spark, cfg, str(out), t, d, dataset=_dataset(t, cfg),
+                            run_name=name))
+
+
+def _by_set(runs: list[StrategyRun], train_set: str) -> StrategyRun:
+    """The mixing row that makes `train_set` (a CLIPS row reads another row's set)."""
+    return next(r for r in runs if r.name == train_set and r.objective == "clip")
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +208,9 @@ def _prepare(cfg: Config, work: Path, result: PipelineResult) -> Config:
     return replace(cfg, run=run,
                    ingest=replace(cfg.ingest, inputs=data.shard_paths()),
                    cluster=replace(cfg.cluster, reference_images=str(data.reference)),
-                   eval=replace(cfg.eval, classnames=cfg.eval.classnames or "fashion-mnist"))
+                   eval=replace(cfg.eval, classnames=cfg.eval.classnames or "fashion-mnist",
+                                retrieval_gallery=cfg.eval.retrieval_gallery
+                                or demo.retrieval_gallery))
 
 
 def _check_real(cfg: Config) -> Config:
@@ -230,8 +271,18 @@ def _strategy_runs(cfg: Config, work: Path) -> list[StrategyRun]:
     out = []
     for strategy, intersect in pairs:
         name = default_name(strategy, rc.percent, intersect)
-        out.append(StrategyRun(strategy, intersect, name, work / "exports" / name,
+        out.append(StrategyRun(strategy, intersect, name, name, work / "exports" / name,
                                work / "train" / name))
+    if rc.clips:
+        base = next(r for r in out if r.strategy == rc.clips_on and not r.intersect)
+        # CLIPS reads both captions of each image: an export of its own (export.clips).
+        export = work / "exports" / f"{base.train_set}_clips"
+        rows = [("clips", cfg.train.clips.fragment)] + ([("clips_full", "full")]
+                                                       if rc.clips_full else [])
+        for strategy, fragment in rows:
+            name = f"{strategy}_{base.train_set}"
+            out.append(StrategyRun(strategy, False, name, base.train_set, export,
+                                   work / "train" / name, "clips", fragment))
     return out
 
 
@@ -250,8 +301,8 @@ def _mix(spark: "SparkSession", cfg: Config, r: StrategyRun):
 
 
 def _train(cfg: Config, data: Optional[Path], out: Path, name: str, key: dict,
-           nproc: int) -> None:
-    """One torchrun training (on export `data`, or None: train set `name` in the pool);
+           nproc: int, train_set: Optional[str] = None) -> None:
+    """One torchrun training run `name` (on export `data`, or None: `train_set` in the pool);
     resumes when `out` was started with the same inputs."""
     from capmix.cli import common_parser
     from training import launch
@@ -262,7 +313,7 @@ def _train(cfg: Config, data: Optional[Path], out: Path, name: str, key: dict,
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / KEY_FILE, _plain(key))
     source = ["--data", str(data)] if data is not None else [
-        "--train-set", name, "--lake", cfg.lake.path]
+        "--train-set", train_set or name, "--lake", cfg.lake.path]
     argv = [*source, "--out", str(out), "--nproc", str(nproc)]
     argv += ["--config", cfg.source] if cfg.source else []
     argv += [a for k, v in _dotted("train", asdict(cfg.train)) for a in ("--set", f"{k}={v}")]
@@ -303,13 +354,26 @@ def _lake(spark: "SparkSession", cfg: Config):
     return open_lake(spark, cfg.lake)
 
 
+TIMINGS_FILE = "timings.json"  # in the workdir: the last time each stage took to do its work
+
+
 def _stage(result: PipelineResult, name: str, work) -> Any:
     log.info("[run] %s ...", name)
     started = time.monotonic()
     value = work()
+    seconds = time.monotonic() - started
     result.stages.append(name)
-    log.info("[run] %s done in %.1fs", name, time.monotonic() - started)
+    result.timings[name] = seconds
+    if result.timings_path is not None:
+        _write_json(result.timings_path, {**_read_timings(result.timings_path.parent),
+                                          name: round(seconds, 1)})
+    log.info("[run] %s done in %.1fs", name, seconds)
     return value
+
+
+def _read_timings(work: Path) -> dict[str, float]:
+    path = work / TIMINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _marked(result: PipelineResult, markers: Markers, name: str, key: dict, work) -> None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from training.caption_loss import HeadInputs
 
-STRATEGIES = ("sub-caption", "block", "truncation", "random")
+STRATEGIES = ("sub-caption", "block", "truncation", "random", "full")
 IGNORE_INDEX = -100
 # The official sub-caption split: runs of '.' or '!' end a sentence; '?' does not.
 _SENTENCE_END = re.compile(r"[.!]+")
@@ -48,8 +48,12 @@ def fragment_ids(text: str, strategy: str, n_tokens: int, encode: Callable[[str]
     - random: n distinct token positions drawn uniformly, kept in caption order.
     - sub-caption: one sentence drawn uniformly, cut to n tokens; `fallback` (the raw caption)
       when the caption has no sentence.
+    - full: the whole caption (the ablation CLIPS compares fragments with; the text tower's
+      context length cuts it).
     A caption of at most n tokens is returned whole by the token strategies.
     """
+    if strategy == "full":
+        return encode(text or fallback)
     if strategy == "sub-caption":
         parts = sentences(text)
         ids = encode(parts[int(rng.integers(len(parts)))] if parts else fallback)

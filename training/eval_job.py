@@ -82,7 +82,7 @@ def _evaluate(spark, cfg: Config, model: ev.LoadedModel, task: str, data: str,
                            ev.templates_for(ecfg.templates), device, *cols)
     cols = ["uid", ecfg.image_column, ecfg.text_column]
     return ev.retrieve(model, _frames(spark, cfg, data, cols, ecfg.batch_size), device,
-                       ecfg.image_column, ecfg.text_column)
+                       ecfg.image_column, ecfg.text_column, gallery=ecfg.retrieval_gallery)
 
 
 def _frames(spark, cfg: Config, data: str, columns: list[str],

@@ -179,7 +179,6 @@ def encode_texts(model: LoadedModel, texts: Sequence[str], device: str,
 def text_classifier(model: LoadedModel, classnames: Sequence[str], templates: Sequence[str],
                     device: str) -> "torch.Tensor":
     """[dim, classes]: the normalised mean of each class's prompt embeddings."""
-    import torch
     import torch.nn.functional as F
 
     prompts = [t.format(c=c) for c in classnames for t in templates]
@@ -216,10 +215,45 @@ def _label_index(value: Any, index: dict[str, int], classes: int) -> int:
                      f"({', '.join(list(index)[:8])}{', ...' if len(index) > 8 else ''})")
 
 
+def gallery_recall(image_emb: "torch.Tensor", text_emb: "torch.Tensor",
+                   text_image: "torch.Tensor", gallery: Optional[int],
+                   ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k both ways within consecutive galleries of `gallery` images (None: one gallery
+    of all), each direction averaged over all of its queries; plus `chance_R@k`, the rate a
+    random ranking gets text->image (k / gallery for full galleries)."""
+    n = image_emb.shape[0]
+    size = gallery or n
+    sums: dict[str, float] = {}
+    chance = {k: 0.0 for k in ks}
+    for lo in range(0, n, size):
+        hi = min(lo + size, n)
+        mine = ((text_image >= lo) & (text_image < hi)).nonzero().flatten()
+        if len(mine) == 0:
+            continue
+        part = retrieval_recall(image_emb[lo:hi], text_emb[mine], text_image[mine] - lo, ks)
+        for key, value in part.items():
+            if key.startswith("image_to_text"):
+                sums[key] = sums.get(key, 0.0) + value * (hi - lo)
+            elif key.startswith("text_to_image"):
+                sums[key] = sums.get(key, 0.0) + value * len(mine)
+        for k in ks:
+            chance[k] += len(mine) * min(k, hi - lo) / (hi - lo)
+    texts = len(text_image)
+    out = {key: value / (n if key.startswith("image_to_text") else texts)
+           for key, value in sums.items()}
+    for k in ks:
+        out[f"mean_R@{k}"] = (out[f"image_to_text_R@{k}"] + out[f"text_to_image_R@{k}"]) / 2
+        out[f"chance_R@{k}"] = chance[k] / texts
+    out["gallery"] = float(min(size, n))
+    return out
+
+
 def retrieve(model: LoadedModel, frames: Iterable["pd.DataFrame"], device: str,
-             image_col: str = "image", text_col: str = "text") -> dict[str, float]:
+             image_col: str = "image", text_col: str = "text",
+             gallery: Optional[int] = None) -> dict[str, float]:
     """Retrieval over image-caption rows; rows sharing a `uid` are one image with several
-    captions (as an export of a train set holding raw and synthetic captions)."""
+    captions (as an export of a train set holding raw and synthetic captions). `gallery`:
+    see `gallery_recall`."""
     import torch
 
     image_of: dict[Any, int] = {}
@@ -238,8 +272,8 @@ def retrieve(model: LoadedModel, frames: Iterable["pd.DataFrame"], device: str,
             image_parts.append(encode_images(model, new, device))
     if not texts:
         raise InputError("the evaluation data has no rows")
-    metrics = retrieval_recall(torch.cat(image_parts), encode_texts(model, texts, device),
-                               torch.tensor(text_image))
+    metrics = gallery_recall(torch.cat(image_parts), encode_texts(model, texts, device),
+                             torch.tensor(text_image), gallery)
     return {**metrics, "images": float(len(image_of)), "texts": float(len(texts))}
 
 

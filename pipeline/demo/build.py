@@ -4,8 +4,9 @@
   where `descriptive_share` describe the photo and the rest is Figure-1 noise;
 - a curated split with descriptive captions (`curated/`, export layout) on which the run trains
   its own captioner and scorer, as BLIP-2 and OpenAI CLIP were trained on curated data;
-- evaluation sets from the test photos: zero-shot classification (`eval/classification`, label
-  = class index) and retrieval on held-out captioned photos (`eval/retrieval`);
+- evaluation sets: zero-shot classification on the test photos (`eval/classification`, label
+  = class index) and retrieval on captioned training photos that no model trains on
+  (`eval/retrieval`);
 - reference images for the image-cluster filter (`reference/`, curated photos: the miniature's
   ImageNet).
 
@@ -83,7 +84,10 @@ def prepare(root: str | Path, cfg: DemoConfig) -> DemoData:
     curated_idx = order[cfg.pool_size: cfg.pool_size + cfg.curated_size]
     test_order = rng.permutation(len(test.labels))
     cls_idx = test_order[: cfg.classification_size]
-    ret_idx = test_order[cfg.classification_size: cfg.classification_size + cfg.retrieval_size]
+    # Retrieval photos come from the training split, after pool and curated: held out of all
+    # training, and the test split stays whole for classification.
+    ret_lo = cfg.pool_size + cfg.curated_size
+    ret_idx = order[ret_lo: ret_lo + cfg.retrieval_size]
 
     _write_pool(data.shards, _subset(train, pool_idx), pool_idx, cfg)
     curated = _subset(train, curated_idx)
@@ -96,9 +100,9 @@ def prepare(root: str | Path, cfg: DemoConfig) -> DemoData:
         "uid": [f"fmnist-test-{i}" for i in cls_idx],
         "image": [fashion.png_bytes(im) for im in classification.images],
         "label": classification.labels.astype(np.int64)}, files=1)
-    retrieval = _subset(test, ret_idx)
+    retrieval = _subset(train, ret_idx)
     _write_parquet(data.retrieval, {
-        "uid": [f"fmnist-test-{i}" for i in ret_idx],
+        "uid": [f"fmnist-train-{i}" for i in ret_idx],
         "image": [fashion.png_bytes(im) for im in retrieval.images],
         "text": fashion.clean_captions(retrieval, cfg.seed + 2)}, files=1)
     data.reference.mkdir(parents=True)
