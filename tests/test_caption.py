@@ -133,3 +133,59 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(spark, captioned, tmp_pat
     cols = ["uid", "captioner", "sample", "text", "model", "temperature", "top_k", "seed"]
     resumed, straight = rows(lake)[cols], rows(done_lake)[cols]
     assert resumed.equals(straight)
+
+
+@pytest.fixture(scope="module")
+def coca_run(tmp_path_factory) -> Path:
+    """tiny-coca trained for two steps by the trainer's own rank code (`--objective coca`): the
+    output folder `capmix train` writes, with its checkpoints/step_*.pt."""
+    from toy_data import toy_rows, write_parquet
+    from training.train import run
+
+    root = tmp_path_factory.mktemp("coca")
+    write_parquet(root / "data", toy_rows(2, seed=4), files=1)  # 12 images
+    cfg = from_dict({"train": {"model": "tiny-coca", "objective": "coca", "batch_size": 4,
+                               "samples": 8, "warmup": 1, "workers": 1}})
+    assert run(cfg, str(root / "data"), str(root / "run"))["step"] == 2
+    return root / "run"
+
+
+def test_weights_take_a_coca_checkpoint_capmix_trained_and_refuse_a_foreign_file(
+        spark, coca_run, tmp_path, capsys):
+    import torch
+
+    from capmix.cli import main
+    from capmix.models import load_captioner, resolve
+    from training import checkpoint as ckpt
+
+    state = ckpt.load(ckpt.latest(coca_run))
+    assert state["arch"] == "capmix-tiny-coca" and state["config"]["objective"] == "coca"
+    # The captioner built from the run folder holds the checkpoint's weights, every tensor.
+    captioner = load_captioner(resolve("tiny-coca", "captioner", str(coca_run)))
+    own = captioner.model.state_dict()
+    assert set(own) == set(state["model"])
+    for name, value in own.items():
+        assert torch.equal(value, state["model"][name]), name
+
+    # `capmix caption --weights RUN` captions the pool with it through Spark.
+    cfg = make_cfg(tmp_path / "lake")
+    lake = open_lake(spark, cfg.lake)
+    write_pool(spark, lake, 4, 1)
+    base = ["caption", "--lake", cfg.lake.path, "--captioner", "tiny-coca", "--samples", "1",
+            "--set", "caption.max_length=8", "--set", "spark.master=local[2]"]
+    capsys.readouterr()
+    assert main([*base, "--weights", str(coca_run), "--name", "trained"]) == 0, \
+        capsys.readouterr().err[-2000:]
+    df = rows(lake, "trained")
+    assert set(df["uid"]) == {f"ok{i:03d}" for i in range(4)} and len(df) == 4
+    assert set(df["model"]) == {f"open_clip:capmix-tiny-coca/{coca_run}"}
+
+    # A file that is no checkpoint: one line naming it and what was expected, exit 2.
+    junk = tmp_path / "foreign.pt"
+    junk.write_bytes(b"\x00" * 64)
+    capsys.readouterr()
+    assert main([*base, "--weights", str(junk), "--name", "junk"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--weights {junk}: cannot be loaded" in err, err
+    assert "expected a checkpoint written by `capmix train`" in err
+    assert "junk" not in set(lake.read("captions").toPandas()["captioner"])

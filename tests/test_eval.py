@@ -133,3 +133,28 @@ def test_eval_command_line_and_errors(trained, spark, cfg, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main([*base, "--task", "datacomp", "--no-write"]) == 2
     assert "needs clip_benchmark" in capsys.readouterr().err
+
+
+def test_evaluating_a_trained_checkpoint_does_not_warn_of_random_weights(trained, spark, cfg,
+                                                                          caplog):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" (a root-logger
+    WARNING) for every model it builds without weights; evaluation builds one only to load the
+    checkpoint into it, so the warning would be false there."""
+    import logging
+
+    from training.eval_job import run
+
+    heldout = str(trained / "heldout")
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if "No pretrained weights loaded" in r.getMessage()]
+
+    # The capture sees the warning where it is true: a random model.
+    with caplog.at_level(logging.WARNING):
+        run(spark, cfg, "random:tiny-clip", "classification", heldout, write=False)
+    assert warned(), "caplog must see open_clip's warning for a random model"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        got = run(spark, cfg, str(trained / "run"), "classification", heldout, write=False)
+    assert got["top1"] >= 0.9 and warned() == []

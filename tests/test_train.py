@@ -181,6 +181,42 @@ def test_training_input_errors_are_one_line(toy_export, tmp_path, capsys):
     assert "dataset not found" in capsys.readouterr().err
 
 
+def test_an_empty_or_corrupt_export_is_refused_by_the_launcher_in_one_line(
+        toy_export, tmp_path, capsys, monkeypatch):
+    """Found before torchrun starts: no rank runs, so no rank's traceback and no
+    ChildFailedError dump follow the line."""
+    import pyarrow.parquet as pq
+
+    from capmix.cli import main
+    from training import launch
+
+    launched = []
+    monkeypatch.setattr(launch.subprocess, "call", lambda *a, **k: launched.append(a) or 0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    schema = pq.read_schema(next((toy_export / "plain").glob("*.parquet")))
+    for f in range(2):
+        pq.write_table(schema.empty_table(), empty / f"part-{f:05d}.parquet")
+    corrupt = tmp_path / "corrupt"
+    write_parquet(corrupt, toy_rows(2, seed=6), files=2)
+    bad = corrupt / "part-00001.parquet"
+    bad.write_bytes(bad.read_bytes()[:100])  # cut short: no footer
+    base = ["train", "--out", str(tmp_path / "o"), "--model", "tiny-clip", "--nproc", "2",
+            "--batch-size", "8", "--set", "train.memory_mb=0"]
+    capsys.readouterr()
+
+    assert main([*base, "--data", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{empty}: the dataset has no rows" in err, err
+    assert main([*base, "--data", str(corrupt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{bad}: not a readable parquet file" in err, err
+    assert not launched
+    # A dataset with rows and intact footers is launched with the same command: the refusals
+    # above were the data's, not the command's.
+    assert main([*base, "--data", str(toy_export / "plain")]) == 0 and len(launched) == 1
+
+
 def test_capmix_train_builds_the_torchrun_command(toy_export):
     from capmix.cli import common_parser
     from capmix.config import load_config

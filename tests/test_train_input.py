@@ -100,8 +100,10 @@ def test_changed_settings_are_refused_on_resume_unless_restart(export, tmp_path,
 
 @pytest.fixture(scope="module")
 def pool_lake(spark, tmp_path_factory):
-    """A lake whose train set `toy_raw` holds 30 of the pool's ok images, one broken image and
-    one uid the pool lacks; plus its export."""
+    """A lake whose pool holds 30 ok images and one broken one, and whose train set `toy_part`
+    holds a third of the ok images, the broken one and one uid the pool lacks; plus the export
+    of `toy_part`. (`toy_raw` and `toy_syn` hold every ok image: reading the wrong train set,
+    or no filter at all, would show.)"""
     from capmix.config import from_dict
     from capmix.lake import open_lake
     from conftest import TEST_SPARK
@@ -112,11 +114,13 @@ def pool_lake(spark, tmp_path_factory):
                      "export": {"min_files": 2}})
     lake = open_lake(spark, cfg.lake)
     rows = toy_rows(5, seed=12)
+    part = rows[::3]  # 10 of the 30 ok images: a strict subset, so the uid filter has work
     write_lake(spark, lake, rows, broken=("bad",),
-               extra_train=(("toy_raw", "bad", "raw", "a broken image", 0.1),
-                            ("toy_raw", "ghost", "raw", "not in the pool", 0.1)))
-    export(spark, cfg, "toy_raw", str(root / "export"))
-    return root, rows
+               extra_train=tuple(("toy_part", r["uid"], "raw", r["text"], 0.3) for r in part)
+               + (("toy_part", "bad", "raw", "a broken image", 0.1),
+                  ("toy_part", "ghost", "raw", "not in the pool", 0.1)))
+    export(spark, cfg, "toy_part", str(root / "export"))
+    return root, rows, part
 
 
 def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(spark, pool_lake,
@@ -127,34 +131,37 @@ def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(spar
     from training.data import read_export
     from training.train import run
 
-    root, rows = pool_lake
+    root, rows, part = pool_lake
     lake = root / "lake"
-    # One epoch of the pool path and of the export: the same (uid, text) samples.
-    pool = pool_source(str(lake), {}, "toy_raw", "clip")
+    members = {r["uid"] for r in part}
+    others = {r["uid"] for r in rows} - members | {"bad", "ghost"}
+    assert 0 < len(members) < len(rows)
+    # The pool path reads the pool table's own data files, not a copy of them.
+    pool = pool_source(str(lake), {}, "toy_part", "clip")
     assert pool.pool_rows == len(rows) and pool.version is not None
+    assert pool.urls and all(u.startswith(f"file://{lake / 'pool'}/") for u in pool.urls)
     exp = export_source(read_export(str(root / "export")), "clip")
 
     def epoch(src) -> set:
         it = sample_stream(src, 0, 0, 1, 8)
-        return {(s.uid, s.text) for _, (_, s) in zip(range(len(rows)), it)}
+        return {(s.uid, s.text) for _, (_, s) in zip(range(len(part)), it)}
 
-    want = {(r["uid"], r["text"]) for r in rows}
+    # One epoch of the pool path and of the export: the same (uid, text) samples, the train
+    # set's and no other pool image's.
+    want = {(r["uid"], r["text"]) for r in part}
     assert epoch(pool) == epoch(exp) == want
-    # The trainer, from the train set's name: every step's uids are the train set's, one epoch
-    # covers it, and nothing was exported (no image bytes written).
-    def lake_bytes() -> int:
-        return sum(f.stat().st_size for f in lake.rglob("*") if f.is_file())
-
-    before = lake_bytes()
+    # The trainer, from the train set's name: one epoch sees each member once and nothing else.
     out = root / "from_pool"
-    res = run(config(lake, batch_size=6, samples=len(rows), train_set="toy_raw"), None,
+    res = run(config(lake, batch_size=5, samples=len(part), train_set="toy_part"), None,
               str(out))
-    assert res["samples_seen"] == len(rows)
+    assert res["samples_seen"] == len(part)
     seen = [u for step in uids_of(out).values() for u in step]
-    assert sorted(seen) == sorted(r["uid"] for r in rows)
-    assert lake_bytes() == before and not list(out.rglob("*.parquet"))  # no image copied
+    assert sorted(seen) == sorted(members) and not set(seen) & others
+    start = next(json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()
+                 if json.loads(x).get("event") == "start")
+    assert start["source"] == "pool" and start["train_set"] == "toy_part"
     state = json.loads((out / "train_config.json").read_text())
-    assert state["train_set"] == "toy_raw" and state["train_set_version"] >= 0
+    assert state["train_set"] == "toy_part" and state["train_set_version"] >= 0
     assert len(state["settings"]["train_set_version"]) == 32  # the train set's content digest
 
     # The train set changes (a re-run mix): resuming that run is refused, in one line.
@@ -165,13 +172,14 @@ def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(spar
 
     lake_obj = open_lake(spark, from_dict({"spark": TEST_SPARK,
                                            "lake": {"path": str(lake)}}).lake)
-    extra = spark.createDataFrame([("toy_raw", rows[0]["uid"], "toycap:0", "another caption",
+    extra = spark.createDataFrame([("toy_part", part[0]["uid"], "toycap:0", "another caption",
                                     0.2)], TRAIN_SETS.schema())
     lake_obj.append("train_sets", TRAIN_SETS.conform(extra))
     capsys.readouterr()
-    code = main(["train", "--lake", str(lake), "--train-set", "toy_raw", "--out", str(out),
-                 "--resume", "--model", "tiny-clip", "--batch-size", "6", "--samples",
-                 str(len(rows)), "--lr", "0.0005", *[x for k, v in TRAIN.items() for x in ("--set", f"train.{k}={v}")]])
+    code = main(["train", "--lake", str(lake), "--train-set", "toy_part", "--out", str(out),
+                 "--resume", "--model", "tiny-clip", "--batch-size", "5", "--samples",
+                 str(len(part)), "--lr", "0.0005",
+                 *[x for k, v in TRAIN.items() for x in ("--set", f"train.{k}={v}")]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "train_set_version was" in err, err
 
@@ -179,7 +187,7 @@ def test_training_from_a_train_set_reads_the_pool_and_sees_exactly_its_uids(spar
 def test_training_from_an_unknown_train_set_is_one_line(pool_lake, tmp_path, capsys):
     from capmix.cli import main
 
-    root, _ = pool_lake
+    root, *_ = pool_lake
     code = main(["train", "--lake", str(root / "lake"), "--train-set", "nope", "--out",
                  str(tmp_path / "x"), "--model", "tiny-clip"])
     err = capsys.readouterr().err.strip()
@@ -219,7 +227,7 @@ def test_score_with_foreign_weights_fails_in_one_line_before_spark_work(spark, p
                                                                          tmp_path, capsys):
     from capmix.cli import main
 
-    root, _ = pool_lake
+    root, *_ = pool_lake
     junk = tmp_path / "foreign.bin"
     junk.write_bytes(b"\x00" * 64)
     capsys.readouterr()

@@ -66,7 +66,6 @@ def list_files(url: str) -> list[str]:
 
 def read_export(path: str) -> ExportInfo:
     """Rows, row groups and columns from the parquet footers (no data read)."""
-    import pyarrow.parquet as pq
     from pyarrow import fs as pafs
 
     from capmix.errors import InputError
@@ -88,11 +87,10 @@ def read_export(path: str) -> ExportInfo:
     rows = groups = 0
     columns: tuple[str, ...] = ()
     for name in files:
-        with filesystem.open_input_file(name) as fh:
-            meta = pq.ParquetFile(fh).metadata
-            rows += meta.num_rows
-            groups += meta.num_row_groups
-            columns = columns or tuple(meta.schema.to_arrow_schema().names)
+        meta = _footer(filesystem, name, path)
+        rows += meta.num_rows
+        groups += meta.num_row_groups
+        columns = columns or tuple(meta.schema.to_arrow_schema().names)
     extra: dict = {}
     if info.type == pafs.FileType.Directory:
         meta_path = f"{root.rstrip('/')}/{METADATA_FILE}"
@@ -100,6 +98,23 @@ def read_export(path: str) -> ExportInfo:
             with filesystem.open_input_stream(meta_path) as fh:
                 extra = json.loads(fh.read().decode("utf-8"))
     return ExportInfo(url, rows, groups, len(files), columns, extra)
+
+
+def _footer(filesystem, name: str, dataset: str):
+    """One file's parquet footer, or one line naming the file: a corrupt or unreadable file
+    is found here, by the launcher, not by a rank mid-run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from capmix.errors import InputError
+
+    try:
+        with filesystem.open_input_file(name) as fh:
+            return pq.ParquetFile(fh).metadata
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{name}: not a readable parquet file ({first[:160]}) in dataset "
+                         f"{dataset}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,10 +239,14 @@ class LoaderOptions:
 
 
 def check_export(info: ExportInfo, objective: str, world: int) -> None:
-    """The columns the objective reads, and a row group for every rank."""
+    """Rows at all, the columns the objective reads, and a file for every rank."""
     from capmix.errors import InputError
 
     needed = SampleSpec("", 1, 1, objective).input_columns()
+    if info.rows == 0:
+        # Else each rank finds no sample in its files and torchrun dumps every rank's failure.
+        raise InputError(f"{info.url}: the dataset has no rows ({info.files} parquet file(s), "
+                         "all empty)")
     missing = [c for c in needed if c not in info.columns]
     if missing:
         hint = " (export it with --clips)" if objective == "clips" else ""
