@@ -40,6 +40,38 @@ def capmix_log():
         log.setLevel(saved[2])
 
 
+def test_capmix_ingest_over_an_img2dataset_output_folder(spark, tmp_path, capsys, capmix_log):
+    """A default webdataset run's folder: the shard is read, its side files are skipped with one
+    note, the re-encoded images' sha256 is counted (not warned about on every row), and the
+    failed downloads are counted and kept as error rows a query finds. The CLI's main runs in
+    this process, so it reuses the test session's Spark."""
+    from capmix.cli import main
+    from capmix.config import LakeConfig
+    from capmix.lake import open_lake
+
+    samples = make_samples(3)
+    out = make_img2dataset_output(tmp_path / "out", samples, failed=2)
+    assert main(["ingest", "--lake", str(tmp_path / "lake"), str(out / "*")]) == 0
+
+    assert [m for m in capmix_log if "not shards" in m] == [
+        "skipped 3 file(s) that are not shards: 00000.parquet, 00000_stats.json, urls.txt"]
+    assert not [m for m in capmix_log if "sha256" in m]
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"ingest: 1 shard, 3 rows ok, 2 rows in error \(2 failed downloads listed by the shard "
+        r"parquet\), 0 unsafe members ignored, 0 already present \([^)]*\); sha256: 0 of 0 "
+        r"compared differ, 3 not compared \(the shard's images were re-encoded; img2dataset "
+        r"--disable_all_reencoding keeps the hashed bytes\)", summary), summary
+
+    pool = open_lake(spark, LakeConfig(path=str(tmp_path / "lake"))).read("pool")
+    failed = pool.where("status = 'error'").select("url", "status", "error").collect()
+    assert sorted(tuple(r) for r in failed) == [
+        (f"https://example.com/gone{i}.jpg", "error", FAILED) for i in range(2)]
+    ok = pool.where("status = 'ok'").select("text", "warnings").collect()
+    assert sorted(r.text for r in ok) == sorted(s.text for s in samples)
+    assert not [r for r in ok if r.warnings and "sha256" in r.warnings]
+
+
 @pytest.mark.parametrize("given", ["*", ".", "00000"])
 def test_the_files_layout_is_refused_in_one_line(tmp_path, capsys, capmix_log, given):
     """img2dataset's default layout, a folder of KEY.jpg/.txt/.json per shard, read as an image
