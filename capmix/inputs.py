@@ -35,6 +35,10 @@ FILE_FIELDS = ("file", "file_name", "filename", "image", "path")
 TEXT_FIELDS = ("caption", "text", "txt")
 IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "image_bytes")
 _ENTRY_FIELDS = set(FILE_FIELDS) | set(TEXT_FIELDS) | {"uid", "url"}
+# What an img2dataset user is told when a layout capmix does not read is given.
+IMG2DATASET_LAYOUTS = ("ingest reads img2dataset's webdataset shards (--output_format "
+                       "webdataset: NNNNN.tar with NNNNN.parquet beside it) or its parquet "
+                       "files (--output_format parquet)")
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -173,11 +177,33 @@ def detect_format(path: str, forced: str = "auto") -> str:
     names = storage.listdir(path)
     if any(is_tar(n) for n in names):
         return "webdataset"
+    if img2dataset_files_layout(path, names):
+        raise InputError(f"{path}: img2dataset's `files` output (a folder of KEY.jpg/.txt/.json "
+                         f"per shard) is not supported; {IMG2DATASET_LAYOUTS}. To keep this "
+                         "download, pack each shard folder into a tar beside its parquet (tar "
+                         "--sort=name -cf 00000.tar -C 00000 .) and ingest the .tar files")
     if any(n in CAPTION_FILES for n in names) or _has_images(path):
         return "folder"
     if any(n.lower().endswith(".parquet") for n in names):
         return "parquet"
     raise InputError(f"no shards, images or parquet files in folder {path}")
+
+
+def img2dataset_files_layout(folder: str, names: list[str]) -> bool:
+    """Whether `folder` is img2dataset's `--output_format files` output, or one of its shards: a
+    folder NNNNN of KEY.jpg/.txt/.json with NNNNN.parquet or NNNNN_stats.json beside it. Read as
+    an image folder it would lose every caption (the folder reader takes captions from one
+    captions file, not from a .txt per image), so it is refused instead."""
+    if any(n in CAPTION_FILES for n in names):
+        return False  # a folder made for capmix: its captions file names the images
+    listed = set(names)
+    if any(n.isdigit() and (f"{n}.parquet" in listed or f"{n}_stats.json" in listed)
+           for n in names):
+        return True  # the output folder, given whole
+    base = folder.rstrip("/")
+    if not storage.basename(base).isdigit():
+        return False
+    return storage.isfile(f"{base}_stats.json") or storage.isfile(f"{base}.parquet")
 
 
 def _has_images(folder: str) -> bool:
@@ -192,18 +218,25 @@ def _has_images(folder: str) -> bool:
 def drop_side_files(paths: list[str], forced: str = "auto") -> tuple[list[str], Optional[str]]:
     """(paths, one note or None) without the files an img2dataset output folder holds beside its
     shards, so `capmix ingest 'out/*'` reads the shards: `*_stats.json`, the shard parquet next
-    to its .tar (read with the shard) and, when shards are among the inputs, any other file that
-    is neither a shard nor parquet (a url list). A lone unknown file is still an error."""
+    to its .tar or its shard folder (read with the shard, or refused with it: `files` layout)
+    and, when shards are among the inputs, any other file that is neither a shard nor parquet
+    (a url list). A lone unknown file is still an error."""
     if forced != "auto":
         return paths, None
+    listed = set(paths)
     stems = {p[: -len(next(x for x in TAR_SUFFIXES if p.lower().endswith(x)))]
              for p in paths if is_tar(p)}
+    # --output_format files: shard NNNNN is a folder, with NNNNN.parquet and _stats.json beside.
+    stems |= {p for p in paths if f"{p}.parquet" in listed or f"{p}_stats.json" in listed}
+    # --output_format parquet: the shards are the parquet files with a stats json beside them.
+    shards = bool(stems) or any(p.lower().endswith(".parquet") and
+                                f"{p[: -len('.parquet')]}_stats.json" in listed for p in paths)
     kept, dropped = [], []
     for p in paths:
         low = p.lower()
         side = (low.endswith("_stats.json")
                 or (low.endswith(".parquet") and p[: -len(".parquet")] in stems)
-                or (bool(stems) and not is_tar(p) and not low.endswith(".parquet")
+                or (shards and not is_tar(p) and not low.endswith(".parquet")
                     and not storage.isdir(p)))
         (dropped if side else kept).append(p)
     if not dropped:
@@ -380,6 +413,9 @@ def _image_column(schema, path: str, wanted: Optional[str]) -> str:
                 return name
             raise InputError(f"parquet file {path}: column {name!r} holds {tp}, not image bytes "
                              "(binary, or a struct with a `bytes` field)")
+    if not wanted and {"key", "status", "error_message"} <= set(schema.names):
+        raise InputError(f"parquet file {path} is img2dataset's shard metadata, not images; "
+                         f"{IMG2DATASET_LAYOUTS}")
     hint = f"column {wanted!r} not found" if wanted else \
         f"no image column (looked for {', '.join(IMAGE_COLUMNS)})"
     raise InputError(f"parquet file {path}: {hint}; set ingest.image_column")

@@ -15,7 +15,8 @@ raw samples into pool rows. Readers run on Spark executors and never write to di
 
 Every path may be an object store's URI (`capmix.storage`): a shard streams from the store as
 it is read, never copied to local disk.
-- parquet: a row-group range, read in small batches.
+- parquet: a row-group range, read in small batches. img2dataset's `--output_format parquet`
+  keeps its failed downloads as rows without bytes: they become error rows like a shard's.
 """
 from __future__ import annotations
 
@@ -127,8 +128,7 @@ def failed_downloads(lookup: "_ShardMetadata", seen: set[str]) -> Iterator[RawSa
         status = row.get("status")
         if key in read or status in (None, "success"):
             continue
-        sample = RawSample(key=key, error=f"download failed ({status}): "
-                                          f"{row.get('error_message') or 'no error message'}")
+        sample = RawSample(key=key, error=download_error(row))
         sample.fields = {k: row.get(k) for k in ("uid", "url", "caption", "sha256")
                          if row.get(k) is not None}
         sample.meta = {k: v for k, v in row.items() if v is not None}
@@ -136,13 +136,21 @@ def failed_downloads(lookup: "_ShardMetadata", seen: set[str]) -> Iterator[RawSa
         yield sample
 
 
+def download_error(row: dict) -> str:
+    """The error of a url img2dataset could not download, from its status and error_message."""
+    return (f"download failed ({row.get('status')}): "
+            f"{row.get('error_message') or 'no error message'}")
+
+
 def _wanted(ext: str) -> bool:
     return ext in IMAGE_EXTS or ext in TEXT_EXTS or ext == "json"
 
 
 def stats_path(shard: str) -> str:
-    """img2dataset's per-shard stats file: 00000.tar -> 00000_stats.json."""
-    return shard_metadata_path(shard)[: -len(".parquet")] + "_stats.json"
+    """img2dataset's per-shard stats file: 00000.tar (or 00000.parquet, --output_format parquet)
+    -> 00000_stats.json."""
+    meta = shard if shard.lower().endswith(".parquet") else shard_metadata_path(shard)
+    return meta[: -len(".parquet")] + "_stats.json"
 
 
 def bytes_original(shard: str) -> bool:
@@ -261,6 +269,7 @@ def read_parquet(unit: Unit, batch_rows: int = 256) -> Iterator[RawSample]:
     import pyarrow.parquet as pq
 
     image_col, text_col = unit.options["image"], unit.options.get("text")
+    original = bytes_original(unit.path)  # img2dataset's parquet output re-encodes them too
     with storage.open_input(unit.path) as fh:
         pf = pq.ParquetFile(fh)
         row = sum(pf.metadata.row_group(i).num_rows for i in range(unit.start))
@@ -268,7 +277,9 @@ def read_parquet(unit: Unit, batch_rows: int = 256) -> Iterator[RawSample]:
         for batch in pf.iter_batches(batch_size=batch_rows,
                                      row_groups=range(unit.start, unit.stop)):
             for record in batch.to_pylist():
-                yield _parquet_sample(record, image_col, text_col, f"{base}:{row}")
+                sample = _parquet_sample(record, image_col, text_col, f"{base}:{row}")
+                sample.bytes_original = original
+                yield sample
                 row += 1
 
 
@@ -282,7 +293,11 @@ def _parquet_sample(record: dict, image_col: str, text_col: Optional[str],
     key = record.get("key")
     sample = RawSample(key=str(key) if key is not None else position, image=value,
                        ext=path.rsplit(".", 1)[-1].lower() if path and "." in path else None)
-    if value is None:
+    # img2dataset's parquet output keeps the urls it could not download, without bytes.
+    failed = value is None and record.get("status") not in (None, "success")
+    if failed:
+        sample.error = download_error(record)
+    elif value is None:
         sample.error = (f"image bytes missing (only a path: {path})" if path
                         else f"image column {image_col!r} is empty")
     text = record.get(text_col) if text_col else None
@@ -300,4 +315,6 @@ def _parquet_sample(record: dict, image_col: str, text_col: Optional[str],
     used = {image_col, text_col, "uid", "url", "key", "sha256"}
     sample.meta = {k: v for k, v in record.items()
                    if k not in used and v is not None and not isinstance(v, (bytes, bytearray))}
+    if failed:
+        sample.meta["failed_download"] = True
     return sample

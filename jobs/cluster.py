@@ -10,11 +10,13 @@ Cost at scale: the pool is read twice (a hash-selected uniform sample of `sample
 collected to the driver, where faiss fits the centroids; then one assignment pass) and never
 cached. The assignment is an Arrow UDF (udfs/assign.py) with the float32 centroids broadcast once
 per executor and searched by faiss in batches (GPU faiss where installed and a GPU is there).
-The reference set goes through the same search. The centroids replace `cluster_centroids`
-(id, vector, model, k, sample_size, seed) and the assignment replaces `clusters` (uid, cluster,
-distance, keep), each in one commit, so `--intersect-clusters` always applies the latest filter
-and the centroids behind it are on record. Every check on the input (k against the sample,
-reference dimension against the pool's, an empty reference set) runs before anything is written.
+The reference set goes through the same search; reference images are embedded once, persisted
+for its size check and the keep rule, released before the pool's pass. The centroids replace
+`cluster_centroids` (id, vector, model, k, sample_size, seed) and the assignment replaces
+`clusters` (uid, cluster, distance, keep), each in one commit, so `--intersect-clusters` always
+applies the latest filter and the centroids behind it are on record. Every check on the input
+(k against the sample, reference dimension against the pool's, an empty reference set) runs
+before anything is written.
 """
 from __future__ import annotations
 
@@ -119,6 +121,26 @@ def _centroid_rows(spark: "SparkSession", centroids: np.ndarray, scorer: str, k:
         F.lit(now).alias("created_at")))
 
 
+def _fit_centroids(cfg: Config, ref: Reference, embeddings: "DataFrame", images: int, k: int,
+                   sample: int, scorer: str) -> tuple[np.ndarray, int, int]:
+    """(centroids, the sample size they were fitted on, reference rows), after the checks on the
+    reference set that need its size and dimension; nothing is written here."""
+    n_ref, ref_dims = size_of(ref)
+    if n_ref == 0:
+        raise InputError(f"the reference set is empty: no embeddings from {ref.source} (no "
+                         "images, none that decode, or none by this scorer)")
+    points = uniform_sample(embeddings, sample, images, cfg.cluster.seed)
+    dim = points.shape[1]
+    if ref_dims != {dim}:
+        raise InputError(f"reference embeddings from {ref.source} have dimension "
+                         f"{', '.join(map(str, sorted(ref_dims)))}; scorer {scorer!r}'s image "
+                         f"embeddings have {dim}")
+    log.info("[cluster] fitting %s centroids on %s of %s embeddings by %s (faiss, %s)",
+             f"{k:,}", f"{len(points):,}", f"{images:,}", scorer,
+             f"{cn.gpus()} GPU(s)" if cn.gpus() else "CPU")
+    return cn.fit(points, k, cfg.cluster.seed, cfg.cluster.max_iter), len(points), n_ref
+
+
 def run(spark: "SparkSession", cfg: Config, *, k: Optional[int] = None,
         scorer: Optional[str] = None, sample_size: Optional[int] = None) -> ClusterResult:
     """Fit centroids on a sample of one scorer's `image_embeddings`, assign every embedding,
@@ -140,39 +162,29 @@ def run(spark: "SparkSession", cfg: Config, *, k: Optional[int] = None,
         raise InputError(f"no image embeddings by scorer {scorer!r} (run capmix score first)")
     k, sample = resolve_sizes(cfg, images, k, sample_size)
     ref = reference_set(spark, cfg, lake, scorer)
-    n_ref, ref_dims = size_of(ref)
-    if n_ref == 0:
-        raise InputError(f"the reference set is empty: no embeddings from {ref.source} (no "
-                         "images, none that decode, or none by this scorer)")
-    points = uniform_sample(embeddings, sample, images, seed)
-    dim = points.shape[1]
-    if ref_dims != {dim}:
-        raise InputError(f"reference embeddings from {ref.source} have dimension "
-                         f"{', '.join(map(str, sorted(ref_dims)))}; scorer {scorer!r}'s image "
-                         f"embeddings have {dim}")
-    log.info("[cluster] fitting %s centroids on %s of %s embeddings by %s (faiss, %s)",
-             f"{k:,}", f"{len(points):,}", f"{images:,}", scorer,
-             f"{cn.gpus()} GPU(s)" if cn.gpus() else "CPU")
-    cents = cn.fit(points, k, seed, cfg.cluster.max_iter)
-    fitted_on = len(points)
-    del points
-    sc = spark.sparkContext
-    shared = sc.broadcast(cents)
     try:
-        kept = kept_clusters(spark, ref, cents, shared)
-        mask = np.zeros(k, dtype=bool)
-        mask[sorted(kept)] = True
-        keep = sc.broadcast(mask)
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        rows = assign_frame(embeddings, shared, keep, threads_per_task(spark)).select(
-            "uid", "cluster", "distance", "keep", F.lit(scorer).alias("scorer"),
-            F.lit(k).alias("k"), F.lit(now).alias("created_at"))
-        lake.overwrite("clusters", CLUSTERS.conform(rows))
-        lake.overwrite("cluster_centroids", _centroid_rows(spark, cents, scorer, k, fitted_on,
-                                                           seed, now))
-        keep.unpersist()
+        cents, fitted_on, n_ref = _fit_centroids(cfg, ref, embeddings, images, k, sample,
+                                                 scorer)
+        sc = spark.sparkContext
+        shared = sc.broadcast(cents)
+        try:
+            kept = kept_clusters(spark, ref, cents, shared)
+            ref.release()  # done with the references: free the executors for the pool's pass
+            mask = np.zeros(k, dtype=bool)
+            mask[sorted(kept)] = True
+            keep = sc.broadcast(mask)
+            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            rows = assign_frame(embeddings, shared, keep, threads_per_task(spark)).select(
+                "uid", "cluster", "distance", "keep", F.lit(scorer).alias("scorer"),
+                F.lit(k).alias("k"), F.lit(now).alias("created_at"))
+            lake.overwrite("clusters", CLUSTERS.conform(rows))
+            lake.overwrite("cluster_centroids", _centroid_rows(spark, cents, scorer, k,
+                                                               fitted_on, seed, now))
+            keep.unpersist()
+        finally:
+            shared.unpersist()
     finally:
-        shared.unpersist()
+        ref.release()  # embedded reference images are cached once for size_of and the keep rule
     kept_images = lake.read("clusters").where("keep").count()
     result = ClusterResult(images, k, fitted_on, len(kept), kept_images, n_ref)
     log.info("[cluster] %s images in %s clusters; %d clusters nearest to %s reference images "

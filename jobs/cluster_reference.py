@@ -29,11 +29,19 @@ IMAGE_SUFFIXES = r"(?i)\.(jpe?g|png|webp|bmp|gif|tiff?)$"
 @dataclass
 class Reference:
     """Exactly one of `frame` (DataFrame[uid, embedding]) or `array` (rows x dim), and where it
-    came from, for messages."""
+    came from, for messages. `cached`: the frame holds embedded images, persisted until
+    `release()`."""
 
     source: str
     frame: Optional["DataFrame"] = None
     array: Optional[np.ndarray] = None
+    cached: bool = False
+
+    def release(self) -> None:
+        """Drop the persisted embeddings, if any; safe to call more than once."""
+        if self.cached and self.frame is not None:
+            self.frame.unpersist()
+            self.cached = False
 
 
 def path_exists(path: str, folder: bool = False) -> bool:
@@ -56,7 +64,9 @@ def read_image_folder(spark: "SparkSession", folder: str) -> "DataFrame":
 
 
 def reference_set(spark: "SparkSession", cfg: Config, lake: Lake, scorer: str) -> Reference:
-    """The configured reference set, embedded by `scorer` when it is images (lazy)."""
+    """The configured reference set, embedded by `scorer` when it is images. Embedded images are
+    persisted: the caller reads them twice (`size_of`, then the keep rule) and must `release()`
+    them."""
     c = cfg.cluster
     if c.reference_embeddings:
         return _embeddings_file(spark, c.reference_embeddings)
@@ -85,7 +95,13 @@ def reference_set(spark: "SparkSession", cfg: Config, lake: Lake, scorer: str) -
                          "TABLE or --reference-embeddings FILE")
     if images.limit(1).count() == 0:
         raise InputError(f"the reference set is empty: no images in {source}")
-    return Reference(source, frame=_embed(spark, cfg, images, scorer, source))
+    from pyspark import StorageLevel
+
+    # Embedding is the costly part (ImageNet-1k: 1.28M images through the scorer) and the set is
+    # read twice, so it is computed once and kept on the executors. Not collected to the driver:
+    # ImageNet-1k's embeddings (about 4 GB at 768 dims) are over a driver's default result size.
+    frame = _embed(spark, cfg, images, scorer, source).persist(StorageLevel.MEMORY_AND_DISK)
+    return Reference(source, frame=frame, cached=True)
 
 
 def _embed(spark: "SparkSession", cfg: Config, images: "DataFrame", scorer: str,

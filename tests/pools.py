@@ -3,6 +3,7 @@
     from pools import make_samples, make_shard      # tests/ is on sys.path under pytest
     samples = make_samples(8, prefix="00")          # Fashion-MNIST photos + captions
     make_shard(tmp_path, "00000", samples)          # 00000.tar + 00000.parquet (img2dataset)
+    make_img2dataset_output(tmp_path, samples, failed=2)  # + stats json, url list, failures
 
 Images are real Fashion-MNIST photos (28x28, Debian's dataset-fashion-mnist) when installed,
 otherwise PIL-drawn shapes; captions name the garment ("a photo of a sneaker").
@@ -168,6 +169,45 @@ def _shard_parquet(path: Path, samples: list[Sample], flavor: str) -> None:
                          "error_message": None, "width": side.get("width"),
                          "height": side.get("height"), "sha256": sha})
     pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def make_img2dataset_output(directory: Union[str, Path], samples: list[Sample], failed: int = 0,
+                            layout: str = "webdataset") -> Path:
+    """An output folder as a default img2dataset 1.47 run leaves it (`--output_format layout`):
+    shard 00000 (webdataset: 00000.tar; files: a folder 00000/ of KEY.jpg/.txt/.json; parquet:
+    images in 00000.parquet's `jpg` column) and 00000.parquet listing every url tried, `failed`
+    of them as failed downloads with status and error_message; the images are re-encoded, so the
+    parquet's sha256 (of the download) is not theirs; 00000_stats.json and the url list
+    urls.txt beside them. Returns the folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [{"key": s.key, "url": s.url, "caption": s.text, "status": "success",
+             "error_message": None, "width": s.json["width"], "height": s.json["height"],
+             "sha256": sha256(b"downloaded " + s.key.encode())} for s in samples]
+    rows += [{"key": f"{len(samples) + i:04d}", "url": f"https://example.com/gone{i}.jpg",
+              "caption": f"gone {i}", "status": "failed_to_download",
+              "error_message": "HTTP Error 404: Not Found", "width": None, "height": None,
+              "sha256": None} for i in range(failed)]
+    if layout == "webdataset":
+        make_shard(directory, "00000", samples, parquet=None)
+    elif layout == "files":
+        (directory / "00000").mkdir(exist_ok=True)
+        for s in samples:
+            (directory / "00000" / f"{s.key}.jpg").write_bytes(s.image)
+            (directory / "00000" / f"{s.key}.txt").write_text(s.text)
+            (directory / "00000" / f"{s.key}.json").write_text(json.dumps(s.json))
+    else:
+        images = {s.key: s.image for s in samples}
+        rows = [{**r, "jpg": images.get(r["key"]), "txt": r["caption"]} for r in rows]
+    pq.write_table(pa.Table.from_pylist(rows), directory / "00000.parquet")
+    stats = {"count": len(rows), "successes": len(samples), "failed_to_download": failed,
+             "config": {"output_format": layout, "disable_all_reencoding": False}}
+    (directory / "00000_stats.json").write_text(json.dumps(stats))
+    (directory / "urls.txt").write_text("".join(f"{r['url']}\n" for r in rows))
+    return directory
 
 
 # -- image folders and parquet ------------------------------------------------------------------

@@ -123,3 +123,49 @@ def test_reference_folder_is_embedded_by_the_same_scorer(spark, cfg, lake, tmp_p
     assert got["img4"][1] is True
     assert {u for u, (c, _) in got.items() if c == got["img4"][0]} == {
         u for u, (_, keep) in got.items() if keep}
+
+
+def test_reference_images_are_embedded_once_and_released(spark, cfg, lake, tmp_path,
+                                                         monkeypatch):
+    """A reference folder is read twice (its size and dimension, then the keep rule); with
+    ImageNet-1k that is 1.28M images through the scorer, so they are embedded once, kept while
+    needed and released after."""
+    from PIL import Image
+
+    import jobs.cluster
+    import jobs.score
+    from jobs.cluster import run
+    from jobs.cluster_reference import reference_set
+
+    rng = random.Random(2)
+    _put_embeddings(spark, lake, [(f"u{i}", "tiny-clip", _near(3 * (i % 2), rng))
+                                  for i in range(12)])
+    (tmp_path / "ref").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(tmp_path / "ref" / f"r{i}.png")
+    embedded = spark.sparkContext.accumulator(0)
+    vector = _near(0, rng)  # every reference lands near axis 0: one cluster kept
+
+    def counting_embed(spark_, cfg_, images):
+        def embed(frames):
+            import pandas as pd
+
+            for frame in frames:
+                embedded.add(len(frame))
+                yield pd.DataFrame({"uid": frame["uid"], "embedding": [vector] * len(frame)})
+        return images.select("uid", "image").mapInPandas(embed, "uid STRING, embedding "
+                                                                "ARRAY<FLOAT>")
+
+    refs = []
+
+    def keeping_reference_set(*args):
+        refs.append(reference_set(*args))
+        return refs[-1]
+
+    monkeypatch.setattr(jobs.score, "embed_images", counting_embed)
+    monkeypatch.setattr(jobs.cluster, "reference_set", keeping_reference_set)
+    result = run(spark, _cfg(cfg, reference_images=str(tmp_path / "ref"), scorer=None), k=2)
+    assert (result.references, result.kept_clusters, result.kept_images) == (3, 1, 6)
+    assert embedded.value == 3  # once per image, not once per read
+    level = refs[0].frame.storageLevel  # what Spark's cache manager holds for it: nothing
+    assert not (level.useMemory or level.useDisk)
