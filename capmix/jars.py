@@ -118,31 +118,58 @@ def cached_jars(coordinates: Sequence[str]) -> Optional[list[str]]:
 
 def fetch(coordinates: Sequence[str]) -> dict[str, list[str]]:
     """Resolve `coordinates` through Spark's Ivy (downloading what is missing) and record the
-    resolved jar files per coordinate (a comma-separated group resolves together). Starts and
-    stops one short-lived local session each."""
-    from pyspark.sql import SparkSession
-
+    resolved jar files per coordinate (a comma-separated group resolves together). Each group
+    resolves in a Python process of its own (`_resolve`)."""
     manifest = _read_manifest()
     for coordinate in coordinates:
         if cached_jars([coordinate]) is not None:
             continue
-        spark = (SparkSession.builder.master("local[1]").appName("capmix-fetch-jars")
-                 .config("spark.jars.packages", coordinate)
-                 .config("spark.jars.ivy", str(ivy_dir()))
-                 .config("spark.jars.excludes", ",".join(S3A_EXCLUDES))
-                 .config("spark.ui.enabled", "false").getOrCreate())
-        try:
-            resolved = spark.sparkContext.getConf().get("spark.jars", "")
-        finally:
-            spark.stop()
-        files = [_local_file(uri) for uri in resolved.split(",") if uri.strip()]
-        files = [f for f in files if not Path(f).name.startswith(_SPARK_HAS)]
+        files = [f for f in _resolve(coordinate) if not Path(f).name.startswith(_SPARK_HAS)]
         if not files:
             raise RuntimeError(f"Spark resolved no jar for {coordinate}")
         manifest[coordinate] = files
         ivy_dir().mkdir(parents=True, exist_ok=True)
         _manifest_path().write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return {c: manifest[c] for c in coordinates}
+
+
+_JAR = "capmix-jar "
+
+
+def _resolve(coordinate: str) -> list[str]:
+    """The jar files Ivy resolves for one group, in a fresh Python process. Why not here: a
+    Python process launches its JVM once, and Spark resolves `spark.jars.packages` only at that
+    launch, so a second group resolved in the same process would silently report the first
+    group's jars (S3A's manifest entry listed Delta's jars that way)."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([sys.executable, "-c", "import sys; from capmix.jars import "
+                           "_resolve_here; _resolve_here(sys.argv[1])", coordinate],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"resolving {coordinate} failed:\n{done.stderr[-3000:]}")
+    return [line[len(_JAR):] for line in done.stdout.splitlines() if line.startswith(_JAR)]
+
+
+def _resolve_here(coordinate: str) -> None:
+    """Start one short-lived local session that resolves `coordinate`; print its jar files."""
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master("local[1]").appName("capmix-fetch-jars")
+             .config("spark.jars.packages", coordinate)
+             .config("spark.jars.ivy", str(ivy_dir()))
+             .config("spark.jars.excludes", ",".join(S3A_EXCLUDES))
+             .config("spark.ui.enabled", "false").getOrCreate())
+    try:
+        resolved = spark.sparkContext.getConf().get("spark.jars", "")
+    finally:
+        spark.stop()
+    for uri in resolved.split(","):
+        if uri.strip():
+            print(_JAR + _local_file(uri), flush=True)
 
 
 def _local_file(uri: str) -> str:

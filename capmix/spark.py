@@ -65,7 +65,8 @@ def object_store_conf(environ: Mapping[str, str] | None = None) -> dict[str, str
     AWS_ENDPOINT_URL (a MinIO, moto or other S3-compatible server: path-style addressing, TLS
     as the URL says) and AWS_REGION. Credentials need nothing: S3A's default chain reads
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN itself. A user's own
-    `spark.hadoop.fs.s3a.*` (the YAML's spark.conf, spark-submit --conf) wins."""
+    `spark.hadoop.fs.s3a.*` (the YAML's spark.conf) wins; under spark-submit capmix sets none
+    of these (`for_launched`)."""
     env = os.environ if environ is None else environ
     conf = {"spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
@@ -144,15 +145,6 @@ def build_conf(cfg: SparkConfig, lake: LakeConfig | None = None) -> dict[str, st
     return conf
 
 
-# What the launcher decides for a driver it starts (spark-submit's --master, --driver-memory,
-# --conf ...): set in code they would silently override its flags.
-LAUNCHER_OWNED = frozenset({
-    "spark.master", "spark.submit.deployMode", "spark.app.name", "spark.driver.memory",
-    "spark.default.parallelism", "spark.sql.shuffle.partitions", "spark.jars",
-    "spark.jars.packages", "spark.driver.extraJavaOptions",
-})
-
-
 def launcher_conf() -> dict[str, str] | None:
     """The conf of the JVM that started this Python driver, or None when capmix starts Spark.
 
@@ -167,20 +159,24 @@ def launcher_conf() -> dict[str, str] | None:
     return dict(SparkConf().getAll())
 
 
-def for_launched(conf: dict[str, str], launched: dict[str, str],
-                 delta_loadable: bool) -> dict[str, str]:
-    """The part of capmix's `conf` to add to a session whose JVM a launcher started: nothing
-    the launcher owns (`LAUNCHER_OWNED`) or set itself, except `REQUIRED_CONF`; Delta's
-    extension and catalog only when its classes are already on the JVM (spark-submit's
-    --packages; jars cannot be added to a running driver), else the lake falls back to
-    delta-rs and says so."""
+def for_launched(launched: dict[str, str], delta_loadable: bool) -> dict[str, str]:
+    """All capmix sets on a session whose JVM a launcher started (spark-submit, `pyspark`):
+    `REQUIRED_CONF`, and Delta's SQL extension and catalog when Delta's classes are already on
+    the JVM (spark-submit's --packages or --jars; jars cannot be added to a running driver),
+    else the lake falls back to delta-rs and says so.
+
+    Nothing else, not even where the launcher left a setting unset: master, sizes, UI, worker
+    reuse, Arrow batch size, adaptive execution and the YAML's `spark.conf` are the
+    launcher's to decide (its --conf, spark-defaults.conf, the cluster's defaults). S3A's
+    settings too: capmix hands Spark `s3a://` paths itself (`storage.spark_path`), so
+    `fs.s3.impl` is not needed, and which endpoint S3A talks to is the launcher's
+    `spark.hadoop.fs.s3a.*`; AWS_ENDPOINT_URL in the driver's environment would not reach the
+    executors' Hadoop anyway."""
     from capmix import jars
 
-    extensions, catalog = "spark.sql.extensions", "spark.sql.catalog.spark_catalog"
-    out = {k: v for k, v in conf.items() if k not in LAUNCHER_OWNED and k not in launched
-           and k not in (extensions, catalog)}
-    out.update(REQUIRED_CONF)  # correctness, as on every session capmix uses
+    out = dict(REQUIRED_CONF)  # correctness, as on every session capmix uses
     if delta_loadable:
+        extensions, catalog = "spark.sql.extensions", "spark.sql.catalog.spark_catalog"
         out[extensions] = launched.get(extensions, "")  # the launcher's own extensions stay
         _merge_list(out, extensions, jars.DELTA_EXTENSIONS)
         if catalog not in launched:
@@ -210,14 +206,15 @@ def get_or_create(cfg: SparkConfig, lake: LakeConfig | None = None
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = SparkSession.builder
-        conf = build_conf(cfg, lake)
         launched = launcher_conf()
-        if launched is not None:  # spark-submit's master, sizes and jars stay its own
+        if launched is None:
+            conf = build_conf(cfg, lake)
+        else:  # spark-submit's settings stay its own: capmix adds only what it needs
             from pyspark import SparkContext
 
             from capmix.jars import delta_loaded
 
-            conf = for_launched(conf, launched, delta_loaded(SparkContext._jvm))
+            conf = for_launched(launched, delta_loaded(SparkContext._jvm))
         for key, value in conf.items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()

@@ -75,6 +75,22 @@ def keys(prefix_uri: str) -> list[str]:
     return out
 
 
+def read(uri: str) -> bytes:
+    """An object's bytes, read with boto3 (no fsspec listing cache in between)."""
+    import boto3
+
+    name, _, key = uri[len("s3://"):].partition("/")
+    client = boto3.client("s3", endpoint_url=ENDPOINT)
+    return client.get_object(Bucket=name, Key=key)["Body"].read()
+
+
+def delete(uri: str) -> None:
+    import boto3
+
+    name, _, key = uri[len("s3://"):].partition("/")
+    boto3.client("s3", endpoint_url=ENDPOINT).delete_object(Bucket=name, Key=key)
+
+
 def upload(local: str, uri: str) -> None:
     import s3fs
 

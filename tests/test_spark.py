@@ -56,14 +56,17 @@ print("CONF " + json.dumps({{
     "master": spark.sparkContext.master,
     "shuffle": spark.conf.get("spark.sql.shuffle.partitions"),
     "utc": spark.conf.get("spark.sql.session.timeZone"),
+    "arrow_rows": spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"),
+    "reuse": spark.sparkContext.getConf().get("spark.python.worker.reuse"),
     "backend": type(lake).__name__}}))
 """
 
 
 def test_spark_submit_keeps_its_own_master_and_settings(tmp_path):
-    """Under spark-submit the YAML's master and sizes do not override the launcher's flags;
-    capmix adds its correctness settings and Delta's SQL extension (the jars came with
-    --jars, as --packages would bring them)."""
+    """Under spark-submit the YAML's master and sizes do not override the launcher's flags,
+    and capmix's local defaults (Arrow batch rows, worker reuse) are not added; capmix adds its
+    correctness settings and Delta's SQL extension (the jars came with --jars, as --packages
+    would bring them)."""
     import json
     import os
     import subprocess
@@ -90,25 +93,32 @@ def test_spark_submit_keeps_its_own_master_and_settings(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("CONF "))
     got = json.loads(line[5:])
-    assert got == {"master": "local[1]", "shuffle": "3", "utc": "UTC",
-                   "backend": "SparkDeltaLake"}, got
+    assert got == {"master": "local[1]", "shuffle": "3", "utc": "UTC", "arrow_rows": "10000",
+                   "reuse": None, "backend": "SparkDeltaLake"}, got
 
 
-def test_for_launched_leaves_the_launchers_settings_and_missing_delta_alone():
+def test_for_launched_adds_only_correctness_settings_and_loaded_delta():
+    """Under spark-submit capmix sets the README's three correctness settings and, when Delta's
+    classes came with the launcher, Delta's extension and catalog: nothing else, not even what
+    the launcher left unset (UI, worker reuse, Arrow batch size, AQE, S3A)."""
     from capmix.spark import for_launched
 
-    conf = build_conf(SparkConfig(master="local[2]", shuffle_partitions=7,
-                                  conf={"spark.x": "1", "spark.y": "2"}))
     launched = {"spark.master": "yarn", "spark.y": "mine",
-                "spark.sql.extensions": "com.example.Ext"}
-    without = for_launched(conf, launched, delta_loadable=False)
-    assert not {"spark.master", "spark.sql.shuffle.partitions", "spark.y", "spark.jars",
-                "spark.sql.extensions", "spark.sql.catalog.spark_catalog"} & set(without)
-    assert without["spark.x"] == "1" and without["spark.sql.session.timeZone"] == "UTC"
-    with_delta = for_launched(conf, launched, delta_loadable=True)
-    assert with_delta["spark.sql.extensions"] == (
-        "com.example.Ext,io.delta.sql.DeltaSparkSessionExtension")
-    assert with_delta["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")
+                "spark.sql.extensions": "com.example.Ext",
+                "spark.sql.session.timeZone": "Europe/Paris"}
+    required = {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+                "spark.sql.session.timeZone": "UTC",
+                "spark.sql.execution.arrow.pyspark.enabled": "true"}
+    assert for_launched(launched, delta_loadable=False) == required
+    assert for_launched(launched, delta_loadable=True) == {
+        **required,
+        "spark.sql.extensions": "com.example.Ext,io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog"}
+    # A launcher's own catalog stays; its extensions gain Delta's once.
+    own = for_launched({"spark.sql.catalog.spark_catalog": "com.example.Catalog",
+                        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension"},
+                       delta_loadable=True)
+    assert own == {**required, "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension"}
 
 
 def test_a_cluster_master_keeps_its_own_parallelism():

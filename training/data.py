@@ -42,19 +42,34 @@ class ExportInfo:
 
 
 def dataset_url(path: str) -> str:
-    """A URL petastorm and pyarrow accept: file:// for local paths and DBFS (its FUSE mount)."""
+    """A URL petastorm and pyarrow accept: file:// for local paths and DBFS (its FUSE mount);
+    a store's URI as given, without a trailing slash (`list_files` cuts paths against it)."""
     if path.startswith("dbfs:/"):
         return "file:///dbfs/" + path[len("dbfs:/"):].lstrip("/")
     if "://" in path:
-        return path
+        return path.rstrip("/")
     return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+def _arrow_fs(url: str):
+    """(pyarrow FileSystem, its path) for a dataset URL. A store's URI (s3://, gs://, abfss://,
+    hdfs://) goes through fsspec (capmix.storage), which reads the store's standard credentials
+    and endpoint (AWS_ENDPOINT_URL included), as ingest and export do; pyarrow's own S3 client
+    ignores AWS_ENDPOINT_URL. file:// URLs keep pyarrow's local filesystem."""
+    from pyarrow import fs as pafs
+
+    from capmix import storage
+
+    if storage.is_uri(url):
+        return storage.pyarrow_fs(url)
+    return pafs.FileSystem.from_uri(url)
 
 
 def list_files(url: str) -> list[str]:
     """The dataset's parquet data files as URLs, sorted (a file URL: that file)."""
     from pyarrow import fs as pafs
 
-    filesystem, root = pafs.FileSystem.from_uri(url)
+    filesystem, root = _arrow_fs(url)
     if filesystem.get_file_info(root).type == pafs.FileType.File:
         return [url]
     selector = pafs.FileSelector(root, recursive=True)
@@ -71,7 +86,7 @@ def read_export(path: str) -> ExportInfo:
     from capmix.errors import InputError
 
     url = dataset_url(path)
-    filesystem, root = pafs.FileSystem.from_uri(url)
+    filesystem, root = _arrow_fs(url)
     info = filesystem.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"dataset not found: {path}")

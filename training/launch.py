@@ -48,6 +48,13 @@ def check_args(cfg: Config, args: argparse.Namespace) -> None:
     world = args.nproc * args.nnodes
     if cfg.train.batch_size % world:
         raise InputError(f"global batch {cfg.train.batch_size} is not divisible by {world} ranks")
+    # A store that refuses us (no bucket, bad credentials, no endpoint) is one line, before any
+    # rank starts, rather than a traceback from each rank.
+    from capmix import storage
+
+    for path, what in ((args.data, "--data"), (args.out, "--out")):
+        if path:
+            storage.check_reachable(path, what)
     # What the ranks would each refuse is refused here, once, before any rank starts.
     source = train.open_source(cfg, args.data, world)
     if args.resume and not args.restart:

@@ -51,10 +51,15 @@ def epoch_samples(source: Source, urls: list[str], seed: int, rank: int, epoch: 
     the sample count of each row group)."""
     from petastorm import make_batch_reader
 
+    from capmix.storage import petastorm_filesystem
+
     rng = np.random.default_rng([seed, rank, epoch, 7])
+    # A store's files are read through fsspec (None for local files, which petastorm opens
+    # itself): petastorm's own S3 wrapper calls an s3fs API that no longer exists.
     reader = make_batch_reader(urls, schema_fields=columns or source.columns,
                                reader_pool_type="dummy", num_epochs=1, shuffle_rows=False,
-                               shuffle_row_groups=True, seed=derive_seed(seed, rank, epoch))
+                               shuffle_row_groups=True, seed=derive_seed(seed, rank, epoch),
+                               filesystem=petastorm_filesystem(urls[0]))
     buffer: list[Sample] = []
     try:
         for group in reader:

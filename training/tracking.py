@@ -1,5 +1,6 @@
 """What a training run reports, on rank 0 only: a tqdm bar (samples/s, loss, lr), a JSON-lines
-log under the output folder (one record per log step, appended across resumes), and MLflow
+log under the output folder (one record per log step, appended across resumes; in an object
+store, uploaded at every event other than a step: training/outdir.py), and MLflow
 when it is installed and configured (`train.mlflow_uri` or $MLFLOW_TRACKING_URI); MLflow is an
 optional dependency, never imported otherwise.
 """
@@ -10,8 +11,9 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
+
+from training.outdir import AppendLog, Where, join
 
 log = logging.getLogger("capmix")
 
@@ -33,7 +35,7 @@ def check_mlflow(configured: Optional[str]) -> None:
 
 
 class Tracker:
-    def __init__(self, out: Path, enabled: bool, total_steps: int, start_step: int,
+    def __init__(self, out: Where, enabled: bool, total_steps: int, start_step: int,
                  params: dict[str, Any], uri: Optional[str], experiment: str,
                  run_name: str):
         self.enabled = enabled
@@ -42,8 +44,7 @@ class Tracker:
         self.fh = None
         if not enabled:
             return
-        out.mkdir(parents=True, exist_ok=True)
-        self.fh = open(out / "log.jsonl", "a", encoding="utf-8")
+        self.fh = AppendLog(join(out, "log.jsonl"))
         from tqdm import tqdm
 
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr,
@@ -56,7 +57,8 @@ class Tracker:
             return
         self.fh.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields})
                       + "\n")
-        self.fh.flush()
+        if event != "step":  # start, checkpoint, end: a store's copy is brought up to date
+            self.fh.sync()
 
     def step(self, step: int, advanced: int, metrics: Optional[dict[str, float]]) -> None:
         """Advance the bar; with metrics (a log step), also log them everywhere."""

@@ -11,6 +11,8 @@ end; `--resume` restores the latest and continues at its step (samples seen = st
 batch) with exactly the samples, order and crops an uninterrupted run would have had there
 (training/loader.py), after checking the run's settings against the checkpoint's
 (training/resume.py). `--train-set NAME` trains from the pool's own files (training/sources.py).
+`--data` and `--out` may be object-store URIs (s3://, gs://, ...): the export is read and the
+checkpoints, log and config are written through fsspec (training/outdir.py).
 """
 from __future__ import annotations
 
@@ -18,15 +20,14 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from capmix.config import Config, TrainConfig
 from capmix.errors import CapmixError, InputError
+from training import outdir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on this train set, reading the pool's own Delta files in "
                              "--lake (no export); instead of --data")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder: checkpoints/, log.jsonl, train_config.json")
+                        help="output folder or store URI (s3://...): checkpoints/, log.jsonl, "
+                             "train_config.json")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --out")
     parser.add_argument("--restart", action="store_true",
@@ -169,7 +171,7 @@ def run(cfg: Config, data: Optional[str], out: str, resume: bool = False,
         _barrier(ctx)  # every rank has looked at --out before rank 0 clears it
         if ctx.main:
             ckpt.remove_all(out)
-            shutil.rmtree(Path(out) / "samples", ignore_errors=True)
+            outdir.remove_tree(outdir.join(out, "samples"))
         _barrier(ctx)
     module, optimizer, pre, context = _model(tcfg, ctx)
     latest = ckpt.latest(out) if resume and not restart else None
@@ -178,17 +180,18 @@ def run(cfg: Config, data: Optional[str], out: str, resume: bool = False,
         state = ckpt.load(latest)
         check_resume(saved_settings(state), settings, str(latest))
         start = _restore(state, tcfg, module, optimizer)
-    run_name = tcfg.run_name or Path(out).resolve().name
+    run_name = tcfg.run_name or outdir.run_name(out)
     meta = {"arch": _arch(tcfg), "run_name": run_name, "data": data,
             "train_set": source.train_set, "train_set_version": source.version,
             "world_size": ctx.world, "context_length": context, "steps": steps,
             "samples": samples, "settings": settings,
             "preprocess": {"size": pre.size, "mean": list(pre.mean), "std": list(pre.std)},
             "config": asdict(tcfg)}
-    tracker = Tracker(Path(out), ctx.main, steps, start, meta,
+    tracker = Tracker(out, ctx.main, steps, start, meta,
                       mlflow_uri(tcfg.mlflow_uri), tcfg.mlflow_experiment, run_name)
     if ctx.main:
-        _write_json(Path(out) / "train_config.json", meta)
+        outdir.write_text(outdir.join(out, "train_config.json"),
+                          json.dumps(meta, indent=1, default=str))
     from training.memory import estimate
 
     peak = estimate(tcfg, module, tcfg.batch_size // ctx.world, ctx.world, ctx.device.type)
@@ -226,11 +229,9 @@ def _barrier(ctx: Dist) -> None:
         dist.barrier()
 
 
-def _samples_log(out: str, rank: int):
+def _samples_log(out: str, rank: int) -> outdir.AppendLog:
     """OUT/samples/rank_N.jsonl: {"step", "uids"} per step (appended: a resume continues it)."""
-    folder = Path(out) / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    return open(folder / f"rank_{rank}.jsonl", "a", encoding="utf-8")
+    return outdir.AppendLog(outdir.join(out, "samples", f"rank_{rank}.jsonl"))
 
 
 def _model(tcfg: TrainConfig, ctx: Dist):
@@ -313,7 +314,6 @@ def _loop(tcfg: TrainConfig, ctx: Dist, wrapped, module, optimizer, stream, trac
         uids, _ = batch.pop("uid"), batch.pop("index")
         if samples_log is not None:
             samples_log.write(json.dumps({"step": step + 1, "uids": uids}) + "\n")
-            samples_log.flush()
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             parts = losses(wrapped(batch), batch)
@@ -332,7 +332,10 @@ def _loop(tcfg: TrainConfig, ctx: Dist, wrapped, module, optimizer, stream, trac
                                (done - last_step) * tcfg.batch_size / max(now - last_time, 1e-9))
             last_time, last_step = now, done
         tracker.step(done, 1, metrics)
-        if ctx.main and (done % tcfg.checkpoint_every == 0 or done == steps):
+        checkpoint = done % tcfg.checkpoint_every == 0 or done == steps
+        if checkpoint and samples_log is not None:
+            samples_log.sync()  # every rank's log, in a store, as far as the checkpoint
+        if ctx.main and checkpoint:
             state = {"step": done, "samples_seen": done * tcfg.batch_size, **meta,
                      "model": module.clip.state_dict(),
                      "decoder": module.decoder.state_dict() if module.decoder is not None
@@ -393,13 +396,6 @@ def _peak_memory_mb(ctx: Dist) -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
