@@ -110,10 +110,23 @@ def cached_jars(coordinates: Sequence[str]) -> Optional[list[str]]:
     jars: list[str] = []
     for coordinate in coordinates:
         files = manifest.get(coordinate)
-        if not files or not all(Path(f).is_file() for f in files):
+        if not files or not all(Path(f).is_file() for f in files) \
+                or not _names_its_artifacts(coordinate, files):
             return None
         jars.extend(f for f in files if f not in jars)
     return jars
+
+
+def _names_its_artifacts(coordinate: str, files: Sequence[str]) -> bool:
+    """Whether `files` hold each artifact of the group as Ivy names it (group_artifact-version
+    .jar). An entry written by a fetch that resolved two groups in one JVM listed the first
+    group's jars under the second: such an entry is stale and is fetched again."""
+    names = {Path(f).name for f in files}
+    for item in coordinate.split(","):
+        group, artifact, version = item.strip().split(":")[:3]
+        if f"{group}_{artifact}-{version}.jar" not in names:
+            return False
+    return True
 
 
 def fetch(coordinates: Sequence[str]) -> dict[str, list[str]]:
