@@ -64,14 +64,18 @@ def make_dataset(root: Path, images: int, side: int = 384, files: int = 8) -> fl
 def loader_rate(source, arch: str, size: int, context: int, batch: int, pool: str,
                 workers: int, batches: int) -> float:
     """Samples/s of the trainer's loader over `source` (an ExportInfo or a training.sources
-    Source), after its first batch (start-up is not throughput)."""
+    Source), in steady state (start-up is not throughput)."""
     from training.data import LoaderOptions, SampleSpec
     from training.data import batches as stream
 
     spec = SampleSpec(arch=arch, image_size=size, context_length=context)
     opts = LoaderOptions(batch_size=batch, workers=workers, pool=pool, shuffle_buffer=batch * 2)
     with stream(source, spec, opts) as it:
-        next(it)
+        # Warm-up: the first batch waits for start-up (spawned decoders, the first row group),
+        # while the reader queues `prefetch` more that decode in the meantime; timing from the
+        # first batch would count those as free. Steady state starts after prefetch + 1.
+        for _ in range(1 + it.ready.maxsize):
+            next(it)
         started = time.perf_counter()
         for _ in range(batches):
             next(it)
@@ -312,7 +316,8 @@ def main() -> None:
             f"medians of {args.repeats} rounds, each round's rows back to back. Limit = "
             "`load_image` in a plain loop on one core; loader = `training.data.batches` "
             "(petastorm reads in-process, W decode threads fill the batch, captions tokenised "
-            "per slice), after its first batch. Pool = `--train-set` over the pool's Delta files "
+            "per slice), in steady state (after prefetch + 1 warm-up batches). Pool = "
+            "`--train-set` over the pool's Delta files "
             f"(8 files, {args.images:,} images, {train_rows:,} in the train set: "
             f"{args.percent:.0f}%); export = the same train set exported. Load average "
             f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
