@@ -321,7 +321,7 @@ def main() -> None:
             f"(8 files, {args.images:,} images, {train_rows:,} in the train set: "
             f"{args.percent:.0f}%); export = the same train set exported. Load average "
             f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-            f"({os.cpu_count()} cores, shared with other work).", "",
+            f"({os.cpu_count()} cores; the benchmark itself loads it).", "",
             "| path | samples/s | share of W x limit |", "| --- | ---: | ---: |",
             f"| decode + crop, one core, plain loop (limit) | {limit:,.1f} | |"]
     body += [f"| loader, W={w} thread worker(s) | {med[f'w{w}']:,.1f} | **{share[w]:.2f}** |"
