@@ -71,21 +71,17 @@ def resolve(path: str | os.PathLike) -> Location:
     from capmix.errors import InputError
 
     if outdir.is_remote(path):
-        text = os.fspath(path).rstrip("/")
-        if storage.isfile(text):
-            return text
-        found = latest(text) or (latest(posixpath.dirname(text))
-                                 if storage.basename(text) == "checkpoints" else None)
-        if found is not None:
-            return found
+        p: Location = os.fspath(path).rstrip("/")
+        is_file, name, parent = storage.isfile(p), storage.basename(p), posixpath.dirname(p)
     else:
         p = Path(path)
-        if p.is_file():
-            return p
-        if p.is_dir():
-            found = latest(p) or (latest(p.parent) if p.name == "checkpoints" else None)
-            if found is not None:
-                return found
+        is_file, name, parent = p.is_file(), p.name, p.parent
+    if is_file:
+        return p
+    # A folder (local or a store prefix): its latest checkpoint, or for OUT/checkpoints, OUT's.
+    found = latest(p) or (latest(parent) if name == "checkpoints" else None)
+    if found is not None:
+        return found
     raise InputError(f"no checkpoint at {path} (expected a .pt file or a training output "
                      "folder with checkpoints/step_*.pt)")
 
